@@ -1,0 +1,46 @@
+"""gunicorn settings for notifier; values in GUNICORN_CMD_ARGS override these, as gunicorn documents."""
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+worker_class = "gevent"
+
+# Every open WebSocket/SSE connection holds one of these slots for its whole life;
+# gunicorn's default (1000) would cap a worker at 1000 subscribers.
+worker_connections = int(os.environ.get("NOTIFIER_WORKER_CONNECTIONS", "10000"))
+# The gevent worker heartbeats from its own greenlet, so long-lived connections never
+# trip this; it only catches a worker whose event loop is truly stuck.
+timeout = 30
+# After SIGTERM notifier closes every connection itself within ~0.2 s; the rest of this
+# lets in-flight publishes finish. Heroku kills 30 s after SIGTERM.
+graceful_timeout = 20
+# Idle keep-alive connections also hold a slot: keep them short (publishers reconnect
+# cheaply); long-lived subscribers are not affected.
+keepalive = 5
+# Never preload: the app (and its broker follower) must start in each worker, after
+# gevent has patched it.
+preload_app = False
+# gunicorn's runtime control socket sits at one fixed path per user: several servers on
+# one host (tests, side-by-side deploys) would fight over it, and Heroku has no use for it.
+control_socket_disable = True
+accesslog = "-"
+# Query strings may carry tokens: log the path without them.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)ss'
+
+
+def on_starting(server):
+    # Imports only notifier.config: gevent must not load in the master.
+    from notifier.config import check_workers
+    from notifier.errors import ConfigError
+
+    try:
+        check_workers(server.cfg.workers)
+    except ConfigError as exc:
+        server.log.error("notifier cannot start: %s", exc)
+        raise SystemExit(1) from None
+
+
+def post_worker_init(worker):
+    from notifier.lifecycle import watch_worker
+
+    watch_worker(worker)

@@ -1,0 +1,127 @@
+"""The HTTP routes: POST /notify, GET /events, GET /ws, /healthz, /readyz.
+
+Built as a blueprint so the same routes mount on the standalone app and, through
+``Notifier.init_app(url_prefix=...)``, on an existing Flask app. Every error is JSON.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask_sock import Sock
+
+from . import transport_sse, transport_ws
+from .auth import check_publisher
+from .errors import Forbidden, InvalidNotification, NotifierError, PayloadTooLarge, UnsupportedMediaType
+from .hub import Subscriber
+from .state import State
+from .validation import PRIVATE_PREFIX, check_topic
+
+log = logging.getLogger(__name__)
+
+
+def state() -> State:
+    return current_app.extensions["notifier"]
+
+
+def error(status: int, message: str) -> Response:
+    response = jsonify(error=message)
+    response.status_code = status
+    return response
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_publish_body(max_bytes: int) -> Any:
+    """The request's JSON body, within the size limit, or the matching NotifierError."""
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"body larger than {max_bytes} bytes (NOTIFIER_MAX_MESSAGE_BYTES)")
+    body = request.stream.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"body larger than {max_bytes} bytes (NOTIFIER_MAX_MESSAGE_BYTES)")
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidNotification(f"body is not valid JSON: {exc}") from None
+
+
+def subscription_topics(values: list[str]) -> list[str]:
+    """Validated topics of a subscribe request; private ones need a token (not yet supported)."""
+    topics = [check_topic(value) for value in values]
+    for topic in topics:
+        if topic.startswith(PRIVATE_PREFIX):
+            raise Forbidden(f"topic {topic!r} is private: it needs a token that grants it")
+    return topics
+
+
+def create_blueprint() -> Blueprint:
+    bp = Blueprint("notifier", __name__)
+    sock = Sock()
+
+    @bp.errorhandler(NotifierError)
+    def notifier_error(exc: NotifierError) -> Response:
+        return error(exc.status, exc.message)
+
+    @bp.before_request
+    def before() -> Response | None:
+        st = state()
+        st.start()
+        if request.endpoint == "notifier.ws":
+            # Everything that can refuse a WebSocket happens here, before the upgrade.
+            try:
+                g.notifier_topics = subscription_topics(request.args.getlist("topic"))
+            except NotifierError as exc:
+                return error(exc.status, exc.message)
+            g.notifier_user = st.identify_user()
+            # permessage-deflate costs ~170 KB and 2x CPU per connection: never offer it.
+            request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        return None
+
+    @bp.post("/notify")
+    def notify() -> tuple[Response, int]:
+        st = state()
+        check_publisher(request.environ, st.settings.api_keys)
+        payload = read_publish_body(st.settings.max_message_bytes)
+        notification_id = st.publish_payload(payload)
+        return jsonify(id=notification_id), 202
+
+    @bp.get("/events")
+    def events() -> Response:
+        st = state()
+        topics = subscription_topics(request.args.getlist("topic"))
+        sub = st.hub.subscribe("sse", st.identify_user(), topics)
+        body = transport_sse.event_stream(
+            st.hub, sub, st.settings.heartbeat, request.environ.get("gunicorn.socket")
+        )
+        return Response(body, mimetype="text/event-stream", headers=transport_sse.HEADERS, direct_passthrough=True)
+
+    @sock.route("/ws", bp=bp)
+    def ws(connection: Any) -> None:
+        st = state()
+        connection.max_message_size = st.settings.max_message_bytes
+        sub = st.hub.subscribe("ws", g.notifier_user, g.notifier_topics)
+        transport_ws.serve(connection, st.hub, sub, st.settings.heartbeat, st.handle_client_message)
+
+    @bp.get("/ws", endpoint="ws_plain")
+    def ws_without_upgrade() -> Response:
+        return error(426, "this endpoint speaks WebSocket: connect with a WebSocket client (Upgrade: websocket)")
+
+    @bp.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok", pid=os.getpid())
+
+    @bp.get("/readyz")
+    def readyz() -> Response:
+        if state().broker.ready():
+            return jsonify(status="ready")
+        return error(503, "broker unavailable")
+
+    return bp

@@ -1,0 +1,50 @@
+"""The broker interface: moves notifications between processes and keeps history.
+
+Two real implementations, chosen by ``REDIS_URL``: in-process (the embedded default,
+one worker) and Redis (every worker on every host). The Redis one is imported lazily,
+so the embedded default never needs the ``redis`` package to be reachable.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+from .config import Settings
+from .notification import Notification
+
+Deliver = Callable[[Notification], None]
+
+
+class Broker(ABC):
+    """Accepts publishes (into history) and delivers every notification to this worker's hub."""
+
+    @abstractmethod
+    def publish(self, target: str, type: str, fields_json: bytes) -> str:
+        """Store one notification in history and send it to every worker; return its id.
+
+        Raises ``BrokerUnavailable`` if it was not stored: the caller must not answer 202.
+        """
+
+    @abstractmethod
+    def start(self, deliver: Deliver) -> None:
+        """Begin handing every notification published from now on to ``deliver`` (idempotent)."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop following; publishing may still work."""
+
+    @abstractmethod
+    def ready(self) -> bool:
+        """True when a publish would reach the broker now."""
+
+
+def create_broker(settings: Settings) -> Broker:
+    """The broker the settings call for: Redis when ``REDIS_URL`` is set, else in-process."""
+    if settings.redis_url:
+        from .broker_redis import RedisBroker
+
+        return RedisBroker(settings)
+    from .broker_memory import MemoryBroker
+
+    return MemoryBroker(settings)
+

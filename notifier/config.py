@@ -1,0 +1,100 @@
+"""Settings, read in one place: ``app.config`` first, then the environment, then defaults.
+
+The names are the README's configuration table; a malformed value fails at start-up
+with a ``ConfigError`` that names the key.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+
+def _raw(config: Mapping[str, Any], key: str) -> Any:
+    value = config.get(key)
+    if value is None:
+        value = os.environ.get(key)
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def _int(config: Mapping[str, Any], key: str, default: int, minimum: int = 1) -> int:
+    value = _raw(config, key)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected a whole number, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(key, f"must be at least {minimum}, got {number}")
+    return number
+
+
+def _float(config: Mapping[str, Any], key: str, default: float) -> float:
+    value = _raw(config, key)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(key, f"expected a number of seconds, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(key, f"must be positive, got {number}")
+    return number
+
+
+def _list(config: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = _raw(config, key)
+    if value is None:
+        return ()
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return tuple(item.strip() for item in items if item and item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None
+    secret: str | None
+    api_keys: tuple[str, ...]
+    allowed_origins: tuple[str, ...]
+    history_size: int
+    history_ttl: int
+    heartbeat: float
+    queue_size: int
+    max_message_bytes: int
+    prefix: str
+
+    @classmethod
+    def load(cls, config: Mapping[str, Any] | None = None) -> "Settings":
+        """Read every setting from ``config`` (e.g. ``app.config``), else the environment."""
+        config = config or {}
+        redis_url = _raw(config, "REDIS_URL")
+        if redis_url is not None and not str(redis_url).startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL", "must start with redis:// or rediss://")
+        return cls(
+            redis_url=redis_url,
+            secret=_raw(config, "NOTIFIER_SECRET"),
+            api_keys=_list(config, "NOTIFIER_API_KEYS"),
+            allowed_origins=_list(config, "NOTIFIER_ALLOWED_ORIGINS"),
+            history_size=_int(config, "NOTIFIER_HISTORY_SIZE", 10000),
+            history_ttl=_int(config, "NOTIFIER_HISTORY_TTL", 86400),
+            heartbeat=_float(config, "NOTIFIER_HEARTBEAT", 15.0),
+            queue_size=_int(config, "NOTIFIER_QUEUE_SIZE", 1024),
+            max_message_bytes=_int(config, "NOTIFIER_MAX_MESSAGE_BYTES", 65536),
+            prefix=_raw(config, "NOTIFIER_PREFIX") or "notifier",
+        )
+
+
+def check_workers(workers: int, settings: Settings | None = None) -> None:
+    """Refuse more than one worker without Redis: they would not see each other's notifications."""
+    settings = settings or Settings.load()
+    if workers > 1 and not settings.redis_url:
+        raise ConfigError(
+            "REDIS_URL",
+            f"{workers} workers need REDIS_URL to share notifications; "
+            "set REDIS_URL or run one worker (WEB_CONCURRENCY=1)",
+        )

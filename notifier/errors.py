@@ -1,0 +1,48 @@
+"""One exception tree for notifier: each error carries the HTTP status it maps to."""
+from __future__ import annotations
+
+
+class NotifierError(Exception):
+    """Root of every error notifier raises on purpose."""
+
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(NotifierError):
+    """A configuration value is missing or malformed; names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+
+
+class InvalidNotification(NotifierError):
+    """A publish body or subscription parameter breaks the contract (400)."""
+
+    status = 400
+
+
+class PayloadTooLarge(NotifierError):
+    status = 413
+
+
+class UnsupportedMediaType(NotifierError):
+    status = 415
+
+
+class Unauthorized(NotifierError):
+    status = 401
+
+
+class Forbidden(NotifierError):
+    status = 403
+
+
+class BrokerUnavailable(NotifierError):
+    """The broker cannot be reached: the notification was NOT accepted (503)."""
+
+    status = 503

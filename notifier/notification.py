@@ -1,0 +1,89 @@
+"""The notification as it travels: an id that sorts in publish order, and its wire forms.
+
+A notification is serialized once per worker, here; the transports only write the
+bytes this object already holds (``ws_frame``, ``sse_chunk``).
+"""
+from __future__ import annotations
+
+import json
+import struct
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+BROADCAST = "@all"
+"""Hub key of a notification for every connection; '@' is not allowed in topic names."""
+
+_MS_DIGITS = 13
+_SEQ_DIGITS = 6
+
+
+def format_id(ms: int, seq: int) -> str:
+    """Fixed-width id, so ids compare as plain strings in publish order."""
+    return f"{ms:0{_MS_DIGITS}d}-{seq:0{_SEQ_DIGITS}d}"
+
+
+def parse_id(value: str) -> tuple[int, int]:
+    """(ms, seq) of an id made by ``format_id``; ValueError if it is not one."""
+    ms, sep, seq = value.partition("-")
+    if not sep or len(ms) != _MS_DIGITS or len(seq) != _SEQ_DIGITS or not (ms.isdigit() and seq.isdigit()):
+        raise ValueError(f"not a notification id: {value!r}")
+    return int(ms), int(seq)
+
+
+def user_key(user_id: str) -> str:
+    """Hub key of a user's notifications; cannot collide with a public topic name."""
+    return "@user:" + user_id
+
+
+def target_key(fields: dict[str, Any]) -> str:
+    if "user_id" in fields:
+        return user_key(fields["user_id"])
+    return fields.get("topic", BROADCAST)
+
+
+def now_iso() -> str:
+    """ISO 8601 UTC with milliseconds, as the contract fixes ``ts``."""
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def encode_fields(fields: dict[str, Any]) -> bytes:
+    """Compact one-line JSON of everything but the id (the broker assigns that)."""
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def ws_text_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, n)
+    return header + payload
+
+
+class Notification:
+    """Immutable unit of delivery, with its WebSocket frame and SSE chunk built once."""
+
+    __slots__ = ("id", "target", "type", "body", "ws_frame", "sse_chunk")
+
+    def __init__(self, id: str, target: str, type: str, fields_json: bytes) -> None:
+        self.id = id
+        self.target = target
+        self.type = type
+        # Splice the id in front of the stored fields: no re-serialization.
+        self.body = b'{"id":"' + id.encode() + b'",' + fields_json[1:]
+        self.ws_frame = ws_text_frame(self.body)
+        self.sse_chunk = b"id: " + id.encode() + b"\nevent: " + type.encode() + b"\ndata: " + self.body + b"\n\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"Notification(id={self.id!r}, target={self.target!r}, type={self.type!r})"

@@ -1,0 +1,82 @@
+"""One app's notifier: its settings, hub and broker, and the operations the routes share."""
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+from typing import Any, Callable
+
+from .broker import create_broker
+from .config import Settings
+from .errors import NotifierError
+from .hub import Hub, Subscriber
+from .notification import encode_fields, target_key
+from .validation import PRIVATE_PREFIX, check_topic, validate_publish
+
+log = logging.getLogger(__name__)
+
+Identify = Callable[[], Any]
+
+STATES: "weakref.WeakSet[State]" = weakref.WeakSet()
+"""Every State of this process, so a gunicorn hook can start and stop them all."""
+
+
+class State:
+    """Lives in ``app.extensions["notifier"]``; one per Flask app."""
+
+    def __init__(self, settings: Settings, identify: Identify | None = None) -> None:
+        self.settings = settings
+        self.hub = Hub(settings.queue_size)
+        self.broker = create_broker(settings)
+        self.identify = identify
+        self.started = False
+        STATES.add(self)
+
+    def start(self) -> None:
+        """Connect the broker to this worker's hub (idempotent; cheap to call per request)."""
+        if not self.started:
+            self.started = True
+            self.broker.start(self.hub.dispatch)
+            log.info("notifier started: %s", type(self.broker).__name__)
+
+    def stop(self) -> None:
+        self.hub.close_all()
+        self.broker.stop()
+
+    def publish_payload(self, payload: Any) -> str:
+        """Validate and publish one notification; returns its id once it is in history."""
+        fields = validate_publish(payload)
+        self.start()
+        return self.broker.publish(target_key(fields), fields["type"], encode_fields(fields))
+
+    def identify_user(self) -> str | None:
+        """The host app's user for this request, through its ``identify`` hook, if any."""
+        if self.identify is None:
+            return None
+        user = self.identify()
+        return None if user is None else str(user)
+
+    def handle_client_message(self, sub: Subscriber, raw: Any) -> dict[str, Any]:
+        """Answer one WebSocket client message: an ack, or an error (the connection stays)."""
+        try:
+            if not isinstance(raw, str):
+                return {"error": "binary messages are not supported; send JSON text"}
+            try:
+                message = json.loads(raw)
+            except (ValueError, RecursionError):
+                return {"error": "message is not valid JSON"}
+            if not isinstance(message, dict):
+                return {"error": "message must be a JSON object"}
+            action = message.get("action")
+            if action not in ("subscribe", "unsubscribe"):
+                return {"error": "action must be 'subscribe' or 'unsubscribe'"}
+            topic = check_topic(message.get("topic"))
+            if action == "subscribe":
+                if topic.startswith(PRIVATE_PREFIX):
+                    return {"error": f"topic {topic!r} is private: it needs a token that grants it", "topic": topic}
+                self.hub.add_topic(sub, topic)
+            else:
+                self.hub.remove_topic(sub, topic)
+            return {"ack": action, "topic": topic}
+        except NotifierError as exc:
+            return {"error": exc.message}

@@ -1,0 +1,110 @@
+"""WebSocket: moves a subscriber's queue onto a flask-sock connection.
+
+flask-sock (simple-websocket) already runs a reader greenlet per connection; instead of
+a third greenlet for client messages, the reader's wake-up event is pointed at the
+subscriber's queue, so one writer greenlet handles notifications, client actions and
+pings. Notifications are written as frames built once per worker (``ws_frame``), many
+at a time, with ``sendall``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from typing import Any, Callable
+
+import gevent
+from gevent.queue import Empty, Full, Queue
+from simple_websocket import ConnectionClosed
+
+from .hub import WAKE, Hub, Subscriber
+from .notification import ws_text_frame
+from .transport import drain, shut_later
+
+log = logging.getLogger(__name__)
+
+PING = b"\x89\x00"
+CLOSE_WRITE_TIMEOUT = 1.0
+CLOSE_WAIT = 2.0
+
+OnMessage = Callable[[Subscriber, Any], dict]
+
+
+class QueueWake:
+    """Stands in for simple-websocket's ``event``: its ``set()`` wakes our writer instead."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def set(self) -> None:
+        try:
+            self.queue.put_nowait(WAKE)
+        except Full:
+            pass  # the writer is awake already
+
+    def clear(self) -> None:
+        pass
+
+    def is_set(self) -> bool:
+        return False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return False
+
+
+def json_frame(obj: dict) -> bytes:
+    return ws_text_frame(json.dumps(obj, separators=(",", ":")).encode())
+
+
+def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMessage) -> None:
+    """Run one WebSocket subscriber until it or the server closes; always cleans up."""
+    sock: socket.socket = ws.sock
+    running = [True]
+    sub.on_cut = lambda: shut_later(sock, lambda: running[0])
+    ws.event = QueueWake(sub.queue)
+    ws.event.set()  # a message may have arrived before the swap
+    queue = sub.queue
+    try:
+        while True:
+            try:
+                item = queue.get(timeout=heartbeat)
+            except Empty:
+                sock.sendall(PING)
+                continue
+            chunks = drain(sub, item, "ws_frame")
+            while ws.input_buffer:
+                chunks.append(json_frame(on_message(sub, ws.input_buffer.pop(0))))
+            if chunks:
+                sock.sendall(b"".join(chunks))
+            if sub.closed:
+                close(ws, sub.close_code or 1000, sub.close_reason)
+                return
+            if not ws.connected:
+                log.debug("websocket closed by client (%s)", ws.close_reason)
+                return
+    except (OSError, ConnectionClosed) as exc:
+        log.debug("websocket write failed: %s", exc)
+    finally:
+        running[0] = False
+        hub.unsubscribe(sub)
+        finish(ws)
+
+
+def close(ws: Any, code: int, reason: str) -> None:
+    """Send a close frame with ``code`` without ever blocking on a stalled client."""
+    try:
+        with gevent.Timeout(CLOSE_WRITE_TIMEOUT, False):
+            ws.close(reason=code, message=reason)
+    except (OSError, ConnectionClosed):
+        pass
+
+
+def finish(ws: Any) -> None:
+    """Give the peer a moment to answer the close, then make sure the reader ends."""
+    thread = getattr(ws, "thread", None)
+    if thread is not None:
+        thread.join(timeout=CLOSE_WAIT)
+    try:
+        ws.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -1,0 +1,67 @@
+"""The publish contract of API.md, checked field by field with a message that says what is wrong."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import InvalidNotification
+from .notification import now_iso
+
+TYPE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+TOPIC_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
+FIELDS = ("type", "title", "message", "user_id", "topic", "data")
+PRIVATE_PREFIX = "private-"
+
+
+def check_topic(topic: Any) -> str:
+    """A topic name as the contract allows it, or InvalidNotification."""
+    if not isinstance(topic, str):
+        raise InvalidNotification("topic must be a string")
+    if not TOPIC_RE.fullmatch(topic):
+        raise InvalidNotification("topic must be 1-128 characters of A-Z a-z 0-9 _ . : / -")
+    return topic
+
+
+def _string(payload: dict[str, Any], key: str, max_len: int | None, min_len: int = 0) -> str | None:
+    value = payload.get(key)
+    if value is None and key not in payload:
+        return None
+    if not isinstance(value, str):
+        raise InvalidNotification(f"{key} must be a string")
+    if len(value) < min_len or (max_len is not None and len(value) > max_len):
+        raise InvalidNotification(f"{key} must be {min_len}-{max_len} characters")
+    return value
+
+
+def validate_publish(payload: Any) -> dict[str, Any]:
+    """Check a publish body; return the notification's fields (all but the id), in wire order."""
+    if not isinstance(payload, dict):
+        raise InvalidNotification("body must be a JSON object")
+    unknown = sorted(set(payload) - set(FIELDS))
+    if unknown:
+        raise InvalidNotification(f"unknown field(s): {', '.join(unknown)}")
+    type_ = payload.get("type", "notification")
+    if not isinstance(type_, str) or not TYPE_RE.fullmatch(type_):
+        raise InvalidNotification("type must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    if type_.startswith("notifier."):
+        raise InvalidNotification("type must not start with 'notifier.' (reserved)")
+    title = _string(payload, "title", 256)
+    message = _string(payload, "message", None)
+    if title is None and message is None:
+        raise InvalidNotification("at least one of title, message is required")
+    user_id = _string(payload, "user_id", 128, min_len=1)
+    topic = check_topic(payload["topic"]) if "topic" in payload else None
+    if user_id is not None and topic is not None:
+        raise InvalidNotification("give user_id or topic, not both")
+    data = payload.get("data")
+    if "data" in payload and not isinstance(data, dict):
+        raise InvalidNotification("data must be a JSON object")
+
+    fields: dict[str, Any] = {"type": type_, "title": title or "", "message": message or "", "ts": now_iso()}
+    if user_id is not None:
+        fields["user_id"] = user_id
+    if topic is not None:
+        fields["topic"] = topic
+    if data is not None:
+        fields["data"] = data
+    return fields
