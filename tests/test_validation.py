@@ -1,0 +1,66 @@
+"""Every rule of the publish contract, with the message that explains it."""
+import re
+
+import pytest
+
+from notifier.errors import InvalidNotification
+from notifier.validation import check_topic, validate_publish
+
+
+def test_minimal_notification_gets_defaults_and_a_millisecond_utc_timestamp():
+    fields = validate_publish({"title": "Hi"})
+    assert fields["type"] == "notification" and fields["title"] == "Hi" and fields["message"] == ""
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", fields["ts"])
+    assert "user_id" not in fields and "topic" not in fields and "data" not in fields
+
+
+def test_full_notification_keeps_wire_order():
+    fields = validate_publish({"data": {"a": 1}, "topic": "orders/eu", "message": "m", "type": "order.created:v2"})
+    assert list(fields) == ["type", "title", "message", "ts", "topic", "data"]
+
+
+@pytest.mark.parametrize(
+    "payload,words",
+    [
+        ([], "JSON object"),
+        ("x", "JSON object"),
+        (None, "JSON object"),
+        ({}, "at least one of title, message"),
+        ({"type": "x"}, "at least one of title, message"),
+        ({"title": "t", "extra": 1}, "unknown field"),
+        ({"title": 5}, "title must be a string"),
+        ({"title": None}, "title must be a string"),
+        ({"title": "x" * 257}, "title must be"),
+        ({"message": ["m"]}, "message must be a string"),
+        ({"title": "t", "type": ""}, "type must be"),
+        ({"title": "t", "type": "a b"}, "type must be"),
+        ({"title": "t", "type": "x" * 65}, "type must be"),
+        ({"title": "t", "type": 3}, "type must be"),
+        ({"title": "t", "type": "notifier.reset"}, "reserved"),
+        ({"title": "t", "user_id": ""}, "user_id must be"),
+        ({"title": "t", "user_id": "u" * 129}, "user_id must be"),
+        ({"title": "t", "user_id": 42}, "user_id must be a string"),
+        ({"title": "t", "topic": ""}, "topic must be"),
+        ({"title": "t", "topic": "a b"}, "topic must be"),
+        ({"title": "t", "topic": "@all"}, "topic must be"),
+        ({"title": "t", "topic": "t" * 129}, "topic must be"),
+        ({"title": "t", "topic": 1}, "topic must be a string"),
+        ({"title": "t", "user_id": "u", "topic": "x"}, "not both"),
+        ({"title": "t", "data": [1]}, "data must be a JSON object"),
+        ({"title": "t", "data": "x"}, "data must be a JSON object"),
+    ],
+)
+def test_bad_payloads_are_refused_with_a_message_that_says_why(payload, words):
+    with pytest.raises(InvalidNotification) as info:
+        validate_publish(payload)
+    assert words in info.value.message
+    assert info.value.status == 400
+
+
+def test_limits_are_inclusive():
+    validate_publish({"title": "x" * 256, "type": "t" * 64, "user_id": "u" * 128})
+    validate_publish({"title": "t", "topic": "a" * 128})
+
+
+def test_check_topic_accepts_the_documented_alphabet():
+    assert check_topic("Orders_2.eu:west/x-1") == "Orders_2.eu:west/x-1"
