@@ -21,29 +21,17 @@ def _raw(config: Mapping[str, Any], key: str) -> Any:
     return value
 
 
-def _int(config: Mapping[str, Any], key: str, default: int, minimum: int = 1) -> int:
+def _number(config: Mapping[str, Any], key: str, default: float, cast: type = int, minimum: float = 1) -> Any:
     value = _raw(config, key)
     if value is None:
         return default
     try:
-        number = int(value)
+        number = cast(value)
     except (TypeError, ValueError):
-        raise ConfigError(key, f"expected a whole number, got {value!r}") from None
+        kind = "a whole number" if cast is int else "a number"
+        raise ConfigError(key, f"expected {kind}, got {value!r}") from None
     if number < minimum:
         raise ConfigError(key, f"must be at least {minimum}, got {number}")
-    return number
-
-
-def _float(config: Mapping[str, Any], key: str, default: float) -> float:
-    value = _raw(config, key)
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(key, f"expected a number of seconds, got {value!r}") from None
-    if number <= 0:
-        raise ConfigError(key, f"must be positive, got {number}")
     return number
 
 
@@ -80,11 +68,11 @@ class Settings:
             secret=_raw(config, "NOTIFIER_SECRET"),
             api_keys=_list(config, "NOTIFIER_API_KEYS"),
             allowed_origins=_list(config, "NOTIFIER_ALLOWED_ORIGINS"),
-            history_size=_int(config, "NOTIFIER_HISTORY_SIZE", 10000),
-            history_ttl=_int(config, "NOTIFIER_HISTORY_TTL", 86400),
-            heartbeat=_float(config, "NOTIFIER_HEARTBEAT", 15.0),
-            queue_size=_int(config, "NOTIFIER_QUEUE_SIZE", 1024),
-            max_message_bytes=_int(config, "NOTIFIER_MAX_MESSAGE_BYTES", 65536),
+            history_size=_number(config, "NOTIFIER_HISTORY_SIZE", 10000),
+            history_ttl=_number(config, "NOTIFIER_HISTORY_TTL", 86400),
+            heartbeat=_number(config, "NOTIFIER_HEARTBEAT", 15.0, float, minimum=0.05),
+            queue_size=_number(config, "NOTIFIER_QUEUE_SIZE", 1024),
+            max_message_bytes=_number(config, "NOTIFIER_MAX_MESSAGE_BYTES", 65536),
             prefix=_raw(config, "NOTIFIER_PREFIX") or "notifier",
         )
 

@@ -64,3 +64,21 @@ def test_limits_are_inclusive():
 
 def test_check_topic_accepts_the_documented_alphabet():
     assert check_topic("Orders_2.eu:west/x-1") == "Orders_2.eu:west/x-1"
+
+
+def test_settings_come_from_config_then_environment_and_bad_values_name_the_key(monkeypatch):
+    from notifier.config import Settings, check_workers
+    from notifier.errors import ConfigError
+
+    monkeypatch.setenv("NOTIFIER_QUEUE_SIZE", "7")
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert Settings.load({}).queue_size == 7
+    assert Settings.load({"NOTIFIER_QUEUE_SIZE": 9}).queue_size == 9
+    assert Settings.load({"NOTIFIER_API_KEYS": " a, b ,"}).api_keys == ("a", "b")
+    for key, value in [("NOTIFIER_QUEUE_SIZE", "many"), ("NOTIFIER_HEARTBEAT", "0"), ("REDIS_URL", "http://x")]:
+        with pytest.raises(ConfigError) as info:
+            Settings.load({key: value})
+        assert info.value.key == key
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        check_workers(2, Settings.load({}))
+    check_workers(2, Settings.load({"REDIS_URL": "redis://127.0.0.1:1/0"}))
