@@ -12,15 +12,18 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask_sock import Sock
+from werkzeug.wsgi import ClosingIterator
 
 from . import transport_sse, transport_ws
 from .auth import check_publisher
 from .errors import Forbidden, InvalidNotification, NotifierError, PayloadTooLarge, UnsupportedMediaType
-from .hub import Subscriber
-from .state import State
+from .hub import TOO_SLOW, entitled_keys
+from .state import State, check_last_id
 from .validation import PRIVATE_PREFIX, check_topic
 
 log = logging.getLogger(__name__)
+
+MAX_LIMIT = 1000
 
 
 def state() -> State:
@@ -31,6 +34,11 @@ def error(status: int, message: str) -> Response:
     response = jsonify(error=message)
     response.status_code = status
     return response
+
+
+def json_bytes(body: bytes) -> Response:
+    """A JSON response from bytes already serialized (notification bodies are, once per worker)."""
+    return Response(body, mimetype="application/json")
 
 
 def _reject_constant(name: str) -> None:
@@ -75,11 +83,10 @@ def create_blueprint() -> Blueprint:
         st = state()
         st.start()
         if request.endpoint == "notifier.ws":
-            # Everything that can refuse a WebSocket happens here, before the upgrade.
-            try:
-                g.notifier_topics = subscription_topics(request.args.getlist("topic"))
-            except NotifierError as exc:
-                return error(exc.status, exc.message)
+            # Everything that can refuse a WebSocket happens here, before the upgrade
+            # (a NotifierError raised here becomes its JSON error response).
+            g.notifier_topics = subscription_topics(request.args.getlist("topic"))
+            g.notifier_last_id = check_last_id(request.args.get("last_event_id"))
             g.notifier_user = st.identify_user()
             # permessage-deflate costs ~170 KB and 2x CPU per connection: never offer it.
             request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
@@ -97,10 +104,18 @@ def create_blueprint() -> Blueprint:
     def events() -> Response:
         st = state()
         topics = subscription_topics(request.args.getlist("topic"))
+        last_id = check_last_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
         sub = st.hub.subscribe("sse", st.identify_user(), topics)
+        try:
+            replay, floor = st.resume(sub.keys, last_id)
+        except NotifierError:
+            st.hub.unsubscribe(sub)
+            raise
         body = transport_sse.event_stream(
-            st.hub, sub, st.settings.heartbeat, request.environ.get("gunicorn.socket")
+            st.hub, sub, st.settings.heartbeat, request.environ.get("gunicorn.socket"), replay, floor
         )
+        # ClosingIterator: the subscriber is released even if the body is never started.
+        body = ClosingIterator(body, [lambda: st.hub.unsubscribe(sub)])
         return Response(body, mimetype="text/event-stream", headers=transport_sse.HEADERS, direct_passthrough=True)
 
     @sock.route("/ws", bp=bp)
@@ -108,7 +123,30 @@ def create_blueprint() -> Blueprint:
         st = state()
         connection.max_message_size = st.settings.max_message_bytes
         sub = st.hub.subscribe("ws", g.notifier_user, g.notifier_topics)
-        transport_ws.serve(connection, st.hub, sub, st.settings.heartbeat, st.handle_client_message)
+        try:
+            replay, floor = st.resume(sub.keys, g.notifier_last_id)
+        except NotifierError as exc:
+            st.hub.unsubscribe(sub)
+            transport_ws.close(connection, TOO_SLOW, exc.message)  # 1013: try again later
+            return
+        transport_ws.serve(connection, st.hub, sub, st.settings.heartbeat, st.handle_client_message, replay, floor)
+
+    @bp.get("/notifications")
+    def notifications() -> Response:
+        """History as JSON, for polling clients and inbox views: the same entitlement rules."""
+        st = state()
+        keys = entitled_keys(st.identify_user(), subscription_topics(request.args.getlist("topic")))
+        since = check_last_id(request.args.get("since"))
+        limit = request.args.get("limit", "100")
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+            raise InvalidNotification(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        history = st.broker.history(since)
+        if history is None:
+            return json_bytes(b'{"notifications":[],"reset":true,"more":false}')
+        entitled = [n for n in history if n.target in keys]
+        page = entitled[: int(limit)] if since else entitled[-int(limit):]
+        more = b"true" if since and len(entitled) > len(page) else b"false"
+        return json_bytes(b'{"notifications":[' + b",".join(n.body for n in page) + b'],"reset":false,"more":' + more + b"}")
 
     @bp.get("/ws", endpoint="ws_plain")
     def ws_without_upgrade() -> Response:

@@ -13,6 +13,7 @@ from .config import Settings
 from .notification import Notification
 
 Deliver = Callable[[Notification], None]
+OnGap = Callable[[], None]
 
 
 class Broker(ABC):
@@ -26,8 +27,25 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    def start(self, deliver: Deliver) -> None:
-        """Begin handing every notification published from now on to ``deliver`` (idempotent)."""
+    def start(self, deliver: Deliver, on_gap: OnGap | None = None) -> None:
+        """Begin handing every notification published from now on to ``deliver`` (idempotent).
+
+        ``on_gap`` is called if the broker finds it can no longer deliver everything
+        after the last notification it delivered (its history moved past that point).
+        """
+
+    @abstractmethod
+    def history(self, after: str | None = None) -> list[Notification] | None:
+        """History, oldest first: every notification after ``after`` (all of it if None).
+
+        None when ``after`` is not in history (trimmed, expired, or another epoch): what
+        came after it can no longer be told, so the caller sends ``notifier.reset``.
+        Raises ``BrokerUnavailable`` when history cannot be read.
+        """
+
+    @abstractmethod
+    def newest_id(self) -> str | None:
+        """The id of the newest notification in history, if any."""
 
     @abstractmethod
     def stop(self) -> None:

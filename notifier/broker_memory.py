@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from .broker import Broker, Deliver
+from .broker import Broker, Deliver, OnGap
 from .config import Settings
 from .notification import Notification, format_id, now_ms
 
@@ -13,7 +13,8 @@ class MemoryBroker(Broker):
     """Publishing appends to a bounded ring and hands the notification straight to the hub."""
 
     def __init__(self, settings: Settings) -> None:
-        self.history: deque[Notification] = deque(maxlen=settings.history_size)
+        self.ring: deque[Notification] = deque(maxlen=settings.history_size)
+        self.ttl_ms = settings.history_ttl * 1000
         self._lock = threading.Lock()
         self._deliver: Deliver | None = None
         self._last = (0, 0)
@@ -29,14 +30,35 @@ class MemoryBroker(Broker):
     def publish(self, target: str, type: str, fields_json: bytes) -> str:
         with self._lock:
             notification = Notification(self._next_id(), target, type, fields_json)
-            self.history.append(notification)
+            self.ring.append(notification)
             deliver = self._deliver
             # Dispatch under the lock so hub order is id order across publishers.
             if deliver is not None:
                 deliver(notification)
         return notification.id
 
-    def start(self, deliver: Deliver) -> None:
+    def history(self, after: str | None = None) -> list[Notification] | None:
+        cutoff = format_id(now_ms() - self.ttl_ms, 0)
+        newer: list[Notification] = []
+        found = after is None
+        with self._lock:
+            for notification in reversed(self.ring):  # newest first: a resume reads only what it missed
+                if notification.id < cutoff:
+                    break
+                if after is not None and notification.id <= after:
+                    found = notification.id == after
+                    break
+                newer.append(notification)
+        if not found:
+            return None
+        newer.reverse()
+        return newer
+
+    def newest_id(self) -> str | None:
+        with self._lock:
+            return self.ring[-1].id if self.ring else None
+
+    def start(self, deliver: Deliver, on_gap: OnGap | None = None) -> None:
         self._deliver = deliver
 
     def stop(self) -> None:

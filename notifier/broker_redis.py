@@ -4,11 +4,13 @@ Publishing is ``XADD`` (capped at ``NOTIFIER_HISTORY_SIZE``): the 202 is sent on
 Redis has the entry, so an accepted notification is in history. Each worker follows the
 stream with ``XREAD BLOCK`` from the last id it saw, in one background greenlet; after a
 dropped connection it continues from that id, so nothing Redis accepted is skipped
-(pub/sub would drop whatever was published while it reconnects).
+(pub/sub would drop whatever was published while it reconnects). If that id is gone
+when it comes back (Redis restarted empty, or trimmed past it), it reports a gap.
 """
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import gevent
@@ -16,16 +18,19 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .broker import Broker, Deliver
+from .broker import Broker, Deliver, OnGap
 from .config import Settings
 from .errors import BrokerUnavailable, ConfigError
-from .notification import Notification, format_id
+from .notification import Notification, format_id, now_ms, parse_id
 
 log = logging.getLogger(__name__)
 
 BLOCK_MS = 5000
 BATCH = 512
+PAGE = 1000
 MAX_BACKOFF = 5.0
+TRIM_EVERY = 30.0
+"""Seconds between TTL trims of the stream (XTRIM MINID); reads filter by TTL exactly."""
 
 
 def to_notification_id(stream_id: bytes | str) -> str:
@@ -33,6 +38,11 @@ def to_notification_id(stream_id: bytes | str) -> str:
         stream_id = stream_id.decode()
     ms, _, seq = stream_id.partition("-")
     return format_id(int(ms), int(seq))
+
+
+def to_stream_id(notification_id: str) -> str:
+    ms, seq = parse_id(notification_id)
+    return f"{ms}-{seq}"
 
 
 def _client(url: str, socket_timeout: float) -> redis.Redis:
@@ -47,6 +57,11 @@ def _client(url: str, socket_timeout: float) -> redis.Redis:
     )
 
 
+def _unavailable(exc: Exception) -> BrokerUnavailable:
+    log.warning("redis unavailable: %s", exc)
+    return BrokerUnavailable("broker unavailable: retry later")
+
+
 class RedisBroker(Broker):
     """Every worker on every host shares notifications and history through one Redis stream."""
 
@@ -56,9 +71,11 @@ class RedisBroker(Broker):
         self.url = settings.redis_url
         self.stream = f"{settings.prefix}:stream"
         self.history_size = settings.history_size
+        self.ttl_ms = settings.history_ttl * 1000
         self._client = _client(self.url, socket_timeout=2.0)
         self._follower: gevent.Greenlet | None = None
         self._deliver: Deliver | None = None
+        self._on_gap: OnGap | None = None
         self._last: str | None = None
         self.connected = False
         self.reconnects = 0
@@ -72,9 +89,35 @@ class RedisBroker(Broker):
                 approximate=True,
             )
         except redis.RedisError as exc:
-            log.warning("publish refused: redis unavailable (%s)", exc)
-            raise BrokerUnavailable("broker unavailable: notification not accepted, retry later") from exc
+            raise _unavailable(exc) from exc
         return to_notification_id(stream_id)
+
+    def history(self, after: str | None = None) -> list[Notification] | None:
+        cutoff_ms = now_ms() - self.ttl_ms
+        try:
+            if after is not None:
+                stream_id = to_stream_id(after)
+                if parse_id(after)[0] < cutoff_ms or not self._client.xrange(self.stream, stream_id, stream_id):
+                    return None
+                start = "(" + stream_id
+            else:
+                start = f"{max(cutoff_ms, 0)}-0"
+            found: list[Notification] = []
+            while True:
+                entries = self._client.xrange(self.stream, start, "+", count=PAGE)
+                found.extend(n for n in map(self._notification, entries) if n is not None)
+                if len(entries) < PAGE:
+                    return found
+                start = "(" + entries[-1][0].decode()
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+
+    def newest_id(self) -> str | None:
+        try:
+            newest = self._client.xrevrange(self.stream, count=1)
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        return to_notification_id(newest[0][0]) if newest else None
 
     def ready(self) -> bool:
         try:
@@ -82,8 +125,8 @@ class RedisBroker(Broker):
         except redis.RedisError:
             return False
 
-    def start(self, deliver: Deliver) -> None:
-        self._deliver = deliver
+    def start(self, deliver: Deliver, on_gap: OnGap | None = None) -> None:
+        self._deliver, self._on_gap = deliver, on_gap
         if self._follower is None or self._follower.dead:
             # Read the tail now, not in the greenlet: a subscriber that attaches right
             # after start() must get everything published after this point.
@@ -103,27 +146,47 @@ class RedisBroker(Broker):
         last = client.xrevrange(self.stream, count=1)
         return last[0][0].decode() if last else "0-0"
 
+    def _check_gap(self, client: redis.Redis) -> None:
+        """After a reconnect: is the last id we delivered still there to continue from?"""
+        last = self._last
+        if last is None or last == "0-0" or client.xrange(self.stream, last, last):
+            return
+        log.warning("redis history no longer holds %s (restarted empty or trimmed): connections must resume", last)
+        if self._on_gap is not None:
+            self._on_gap()
+
     def _follow(self) -> None:
         """Follow the stream forever; on any Redis error, back off and go on from the last id."""
         client = _client(self.url, socket_timeout=BLOCK_MS / 1000 + 5)
         backoff = 0.1
+        next_trim = 0.0
+        reconnecting = False
         while True:
             try:
                 if self._last is None:
                     self._last = self._tail(client)
+                if reconnecting:
+                    self._check_gap(client)
+                    reconnecting = False
+                if time.monotonic() >= next_trim:
+                    client.xtrim(self.stream, minid=f"{max(now_ms() - self.ttl_ms, 0)}-0", approximate=True)
+                    next_trim = time.monotonic() + TRIM_EVERY
                 response = client.xread({self.stream: self._last}, count=BATCH, block=BLOCK_MS)
                 if not self.connected:
                     self.connected = True
                     log.info("redis follower connected; following %s after %s", self.stream, self._last)
                 backoff = 0.1
                 for _stream, entries in response or ():
-                    for stream_id, fields in entries:
-                        self._last = stream_id.decode()
-                        self._hand_over(self._last, fields)
+                    for entry in entries:
+                        self._last = entry[0].decode()
+                        notification = self._notification(entry)
+                        if notification is not None and self._deliver is not None:
+                            self._deliver(notification)
             except redis.RedisError as exc:
                 if self.connected:
                     self.reconnects += 1
                 self.connected = False
+                reconnecting = True
                 log.warning("redis follower lost connection (%s); retrying in %.1fs", exc, backoff)
                 client.connection_pool.disconnect()
                 gevent.sleep(backoff)
@@ -133,14 +196,13 @@ class RedisBroker(Broker):
                 gevent.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
-    def _hand_over(self, stream_id: str, fields: dict[bytes, Any]) -> None:
-        deliver = self._deliver
+    @staticmethod
+    def _notification(entry: tuple[bytes, dict[bytes, Any]]) -> Notification | None:
+        stream_id, fields = entry
         try:
-            notification = Notification(
+            return Notification(
                 to_notification_id(stream_id), fields[b"t"].decode(), fields[b"y"].decode(), fields[b"n"]
             )
         except (KeyError, ValueError, UnicodeDecodeError):
             log.error("skipping malformed stream entry %s", stream_id)
-            return
-        if deliver is not None:
-            deliver(notification)
+            return None

@@ -20,10 +20,19 @@ log = logging.getLogger(__name__)
 # Why a subscriber was closed: the WebSocket close code carries it on the wire.
 GOING_AWAY = 1001
 POLICY = 1008
+RESTART = 1012
 TOO_SLOW = 1013
 
 WAKE = object()
 """Queue item that only wakes the transport (closing, or client input to read)."""
+
+
+def entitled_keys(user_id: str | None, topics: Iterable[str]) -> set[str]:
+    """The hub keys a connection listens to: broadcasts, its topics, and its user if known."""
+    keys = {BROADCAST, *topics}
+    if user_id is not None:
+        keys.add(user_key(user_id))
+    return keys
 
 
 class Subscriber:
@@ -35,9 +44,7 @@ class Subscriber:
         self.transport = transport
         self.user_id = user_id
         self.queue: Queue = Queue(maxsize=queue_size)
-        self.keys: set[str] = {BROADCAST, *topics}
-        if user_id is not None:
-            self.keys.add(user_key(user_id))
+        self.keys = entitled_keys(user_id, topics)
         self.close_code: int | None = None
         self.close_reason = ""
         self.on_cut: Callable[[], None] | None = None
@@ -137,10 +144,10 @@ class Hub:
         self.delivered += delivered
         return delivered
 
-    def close_all(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> int:
-        """Stop taking subscribers and close every live one (graceful shutdown)."""
+    def close_all(self, code: int = GOING_AWAY, reason: str = "server shutting down", final: bool = True) -> int:
+        """Close every live subscriber; ``final`` (shutdown) also refuses new ones."""
         with self._lock:
-            self.closing = True
+            self.closing = self.closing or final
             subs = list(self._subscribers)
         for sub in subs:
             sub.close(code, reason)

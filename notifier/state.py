@@ -8,9 +8,9 @@ from typing import Any, Callable
 
 from .broker import create_broker
 from .config import Settings
-from .errors import NotifierError
-from .hub import Hub, Subscriber
-from .notification import encode_fields, target_key
+from .errors import InvalidNotification, NotifierError
+from .hub import RESTART, Hub, Subscriber
+from .notification import BROADCAST, Notification, encode_fields, now_iso, parse_id, target_key
 from .validation import PRIVATE_PREFIX, check_topic, validate_publish
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,12 @@ class State:
         """Connect the broker to this worker's hub (idempotent; cheap to call per request)."""
         if not self.started:
             self.started = True
-            self.broker.start(self.hub.dispatch)
+            self.broker.start(self.hub.dispatch, self._gap)
             log.info("notifier started: %s", type(self.broker).__name__)
+
+    def _gap(self) -> None:
+        # The broker lost its place: every connection resumes from its own last id.
+        self.hub.close_all(RESTART, "history moved on: reconnect and resume", final=False)
 
     def stop(self) -> None:
         self.hub.close_all()
@@ -48,6 +52,23 @@ class State:
         fields = validate_publish(payload)
         self.start()
         return self.broker.publish(target_key(fields), fields["type"], encode_fields(fields))
+
+    def resume(self, keys: set[str], last_id: str | None) -> tuple[list[Notification], str | None]:
+        """What a connection resuming after ``last_id`` gets first, and the floor for live ones.
+
+        Call after subscribing: live notifications up to the floor are already covered by
+        this answer, so the transport skips them (no gap, no duplicate at the hand-over).
+        Without ``last_id`` there is nothing to replay. If ``last_id`` is no longer in
+        history the answer is a single ``notifier.reset``.
+        """
+        if last_id is None:
+            return [], None
+        missed = self.broker.history(last_id)
+        if missed is None:
+            newest = self.broker.newest_id()
+            return [reset_notification(newest, last_id)], newest
+        entitled = [n for n in missed if n.target in keys]
+        return entitled, (missed[-1].id if missed else last_id)
 
     def identify_user(self) -> str | None:
         """The host app's user for this request, through its ``identify`` hook, if any."""
@@ -80,3 +101,26 @@ class State:
             return {"ack": action, "topic": topic}
         except NotifierError as exc:
             return {"error": exc.message}
+
+
+def check_last_id(value: str | None) -> str | None:
+    """A client's resume point, or InvalidNotification if it is not an id we issued."""
+    if value is None or value == "":
+        return None
+    try:
+        parse_id(value)
+    except ValueError:
+        raise InvalidNotification("last event id is not a notification id") from None
+    return value
+
+
+def reset_notification(newest: str | None, last_id: str) -> Notification:
+    """Tells a client its resume point is gone: refetch state, then follow live from ``newest``."""
+    fields = {
+        "type": "notifier.reset",
+        "title": "",
+        "message": "history no longer holds the last event id: refetch state",
+        "ts": now_iso(),
+        "data": {"last_event_id": last_id},
+    }
+    return Notification(newest or "", BROADCAST, "notifier.reset", encode_fields(fields))

@@ -6,9 +6,9 @@ import socket
 from typing import Callable
 
 import gevent
-from gevent.queue import Empty
+from gevent.queue import Empty, Queue
 
-from .hub import WAKE, Subscriber
+from .hub import WAKE
 
 log = logging.getLogger(__name__)
 
@@ -17,18 +17,24 @@ CUT_GRACE = 2.0
 """Seconds a cut subscriber's writer gets to end the stream before its socket is shut."""
 
 
-def drain(sub: Subscriber, first: object, attr: str) -> list[bytes]:
-    """The wire bytes of ``first`` and of everything else already queued (up to a batch)."""
-    chunks = [] if first is WAKE else [getattr(first, attr)]
-    queue = sub.queue
-    while len(chunks) < MAX_BATCH:
+def drain(queue: Queue, first: object, attr: str, floor: str | None) -> tuple[list[bytes], str | None]:
+    """Wire bytes (``attr``) of ``first`` and of whatever else is queued, up to a batch.
+
+    Notifications up to ``floor`` were already sent from history at resume and are
+    skipped; once one beyond it passes, the floor is gone (ids arrive in order).
+    """
+    chunks: list[bytes] = []
+    item = first
+    while True:
+        if item is not WAKE and (floor is None or item.id > floor):
+            chunks.append(getattr(item, attr))
+            floor = None
+        if len(chunks) >= MAX_BATCH:
+            return chunks, floor
         try:
             item = queue.get_nowait()
         except Empty:
-            break
-        if item is not WAKE:
-            chunks.append(getattr(item, attr))
-    return chunks
+            return chunks, floor
 
 
 def shut_later(sock: socket.socket | None, still_open: Callable[[], bool]) -> None:

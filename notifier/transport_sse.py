@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from gevent.queue import Empty
 
 from .hub import Hub, Subscriber
+from .notification import Notification
 from .transport import drain, shut_later
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,17 @@ HEADERS = {
 }
 
 
-def event_stream(hub: Hub, sub: Subscriber, heartbeat: float, sock: socket.socket | None) -> Iterator[bytes]:
-    """The SSE body for one subscriber; unsubscribes when the stream ends for any reason."""
+def event_stream(hub: Hub, sub: Subscriber, heartbeat: float, sock: socket.socket | None,
+                 replay: Sequence[Notification] = (), floor: str | None = None) -> Iterator[bytes]:
+    """The SSE body for one subscriber: ``replay`` first, then live notifications past ``floor``.
+
+    Unsubscribes when the stream ends for any reason (the caller also closes it through
+    ``ClosingIterator`` in case the body is never started).
+    """
     running = [True]
     sub.on_cut = lambda: shut_later(sock, lambda: running[0])
     try:
-        yield b"retry: %d\n\n" % RETRY_MS
+        yield b"retry: %d\n\n" % RETRY_MS + b"".join(n.sse_chunk for n in replay)
         queue = sub.queue
         while not sub.closed:
             try:
@@ -39,7 +45,7 @@ def event_stream(hub: Hub, sub: Subscriber, heartbeat: float, sock: socket.socke
             except Empty:
                 yield KEEPALIVE
                 continue
-            chunks = drain(sub, item, "sse_chunk")
+            chunks, floor = drain(queue, item, "sse_chunk", floor)
             if chunks:
                 yield b"".join(chunks)
         log.debug("sse stream closed by server: %s", sub.close_reason)

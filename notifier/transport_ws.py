@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import gevent
 from gevent.queue import Empty, Full, Queue
 from simple_websocket import ConnectionClosed
 
 from .hub import WAKE, Hub, Subscriber
-from .notification import ws_text_frame
+from .notification import Notification, ws_text_frame
 from .transport import drain, shut_later
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,13 @@ def json_frame(obj: dict) -> bytes:
     return ws_text_frame(json.dumps(obj, separators=(",", ":")).encode())
 
 
-def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMessage) -> None:
-    """Run one WebSocket subscriber until it or the server closes; always cleans up."""
+def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMessage,
+          replay: Sequence[Notification] = (), floor: str | None = None) -> None:
+    """Run one WebSocket subscriber until it or the server closes; always cleans up.
+
+    ``replay`` (missed notifications, at resume) goes first; live ones up to ``floor``
+    are skipped as already sent.
+    """
     sock: socket.socket = ws.sock
     running = [True]
     sub.on_cut = lambda: shut_later(sock, lambda: running[0])
@@ -65,13 +70,15 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
     ws.event.set()  # a message may have arrived before the swap
     queue = sub.queue
     try:
+        if replay:
+            sock.sendall(b"".join(n.ws_frame for n in replay))
         while True:
             try:
                 item = queue.get(timeout=heartbeat)
             except Empty:
                 sock.sendall(PING)
                 continue
-            chunks = drain(sub, item, "ws_frame")
+            chunks, floor = drain(queue, item, "ws_frame", floor)
             while ws.input_buffer:
                 chunks.append(json_frame(on_message(sub, ws.input_buffer.pop(0))))
             if chunks:

@@ -35,7 +35,7 @@ def test_memory_broker_ids_increase_even_within_one_millisecond():
 def test_memory_broker_history_is_bounded():
     broker = MemoryBroker(Settings.load({"NOTIFIER_HISTORY_SIZE": 5}))
     ids = [broker.publish("@all", "t", b'{"title":"x"}') for _ in range(8)]
-    assert [n.id for n in broker.history] == ids[-5:]
+    assert [n.id for n in broker.ring] == ids[-5:]
 
 
 def test_wire_forms():
