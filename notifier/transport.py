@@ -45,9 +45,18 @@ def shut_later(sock: socket.socket | None, still_open: Callable[[], bool]) -> No
     def shut() -> None:
         if still_open():
             log.info("shutting socket of a stalled client")
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            shutdown(sock)
 
     gevent.spawn_later(CUT_GRACE, shut)
+
+
+def shutdown(sock: socket.socket) -> None:
+    """Shut a socket down so that a greenlet blocked on it wakes with EPIPE or EOF.
+
+    gevent's own ``shutdown`` would cancel the blocked wait with EBADF instead, which
+    gunicorn logs as an error with a traceback; the raw socket's does not.
+    """
+    try:
+        getattr(sock, "_sock", sock).shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -19,7 +19,7 @@ from simple_websocket import ConnectionClosed
 
 from .hub import WAKE, Hub, Subscriber
 from .notification import Notification, ws_text_frame
-from .transport import drain, shut_later
+from .transport import drain, shut_later, shutdown
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,4 @@ def finish(ws: Any) -> None:
     thread = getattr(ws, "thread", None)
     if thread is not None:
         thread.join(timeout=CLOSE_WAIT)
-    try:
-        ws.sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+    shutdown(ws.sock)
