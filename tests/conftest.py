@@ -1,0 +1,461 @@
+"""Fixtures that run the real thing: redis-server and gunicorn as subprocesses.
+
+Everything listens on 127.0.0.1 (or a unix socket) on a free port; every wait is
+bounded; every process a fixture starts is stopped at teardown, even when the
+test fails. A failing test's report shows the tail of each server's log, and a
+test during which a server logged a Python traceback fails at teardown.
+
+- ``free_port()``: an unused loopback TCP port.
+- ``redis_server``: a private redis-server (never the system one on 6379) with
+  ``.url``, ``.port``, ``.stop()``, ``.start()`` (same port again);
+  ``module_redis`` and ``redis_factory(persist=...)`` for module-scoped use.
+- ``notifier_server``: a factory; ``notifier_server(workers=2, redis=redis_server)``
+  starts ``python -m gunicorn wsgi:app -c gunicorn.conf.py`` from the repo root
+  and waits until it is ready (every worker booted, and following Redis if any).
+- ``server_factory``: the same, module-scoped, for modules that share a server.
+- ``closing``: closes the test clients handed to it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+SYSTEM_REDIS_PORT = 6379
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1 (never the system Redis port)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port != SYSTEM_REDIS_PORT:
+            return port
+
+
+_ACCESS_LINE = re.compile(r'^\S+ "[A-Z]+ \S* HTTP/[\d.]+" \d{3} ')
+
+
+def _tail(path: Path, n: int = 60) -> str:
+    """The last ``n`` lines of a log, access-log lines only counted (they drown the rest)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "<no log>"
+    other = [line for line in lines if not _ACCESS_LINE.match(line)]
+    skipped = len(lines) - len(other)
+    head = f"[{skipped} access-log lines left out]\n" if skipped else ""
+    return head + "\n".join(other[-n:])
+
+
+def _stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, bounded wait, then SIGKILL the process and whatever is left of its group."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    # gunicorn workers are in the process group we created for the master:
+    # make sure none survives a killed master.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# --------------------------------------------------------------------------
+# Redis
+# --------------------------------------------------------------------------
+
+
+def _redis_binary() -> str:
+    path = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
+    if not path:
+        raise RuntimeError("redis-server not found on PATH: run scripts/test, which installs it")
+    return path
+
+
+def redis_ping(port: int, timeout: float = 1.0) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(64).startswith(b"+PONG")
+
+
+class RedisServer:
+    """A private redis-server on a fixed loopback port; restartable on the same port."""
+
+    def __init__(self, workdir: Path, *, persist: bool = False):
+        self.persist = persist  # True: an RDB is saved at shutdown and loaded at start
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log = self.dir / "redis.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "redis-server already running"
+        logf = open(self.log, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                 "--save", "3600 1" if self.persist else "", "--dbfilename", "dump.rdb",
+                 "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"],
+                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        finally:
+            logf.close()
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited ({self.proc.returncode}):\n{_tail(self.log)}")
+            return redis_ping(self.port)
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if ready():
+                    return
+            except RuntimeError:
+                raise
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"redis-server on {self.port} did not answer PING:\n{_tail(self.log)}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_process(self.proc, timeout=10)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A fresh redis-server for one test: ``.url``, ``.port``, ``.stop()``, ``.start()``."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory):
+    """A redis-server shared by the tests of one module."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_factory(tmp_path_factory):
+    """Module-scoped: ``redis_factory(persist=False)`` starts another redis-server; all stop at teardown."""
+    servers = []
+
+    def start(persist: bool = False):
+        server = RedisServer(tmp_path_factory.mktemp("redis"), persist=persist)
+        servers.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+
+
+# --------------------------------------------------------------------------
+# gunicorn + notifier
+# --------------------------------------------------------------------------
+
+
+class NotifierServer:
+    """One gunicorn master (and its workers) running notifier or the example app."""
+
+    def __init__(self, workdir: Path, *, workers: int = 1, redis: RedisServer | None = None,
+                 env: dict | None = None, app: str = "wsgi:app", bind: list[str] | None = None,
+                 prefix: str = ""):
+        self.workers = workers
+        self.redis = redis
+        self.app = app
+        self.prefix = prefix
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.binds = [f"127.0.0.1:{self.port}"] + list(bind or [])
+        self.log = workdir / f"gunicorn-{self.port}.log"
+        self.env = dict(os.environ)
+        # whatever the calling shell had must not leak into the server under test
+        for key in list(self.env):
+            if key.startswith("NOTIFIER_") or key in ("REDIS_URL", "WEB_CONCURRENCY", "GUNICORN_CMD_ARGS"):
+                del self.env[key]
+        self.env.update({
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": str(workers),
+            "GUNICORN_CMD_ARGS": " ".join(f"--bind {b}" for b in self.binds),
+            "PYTHONUNBUFFERED": "1",
+        })
+        if redis is not None:
+            self.env["REDIS_URL"] = redis.url
+        self.env.update({k: str(v) for k, v in (env or {}).items()})
+        self.proc: subprocess.Popen | None = None
+        self.started_by: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def spawn(self) -> subprocess.Popen:
+        logf = open(self.log, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "gunicorn", self.app, "-c", "gunicorn.conf.py"],
+                cwd=ROOT, env=self.env, stdout=logf, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        finally:
+            logf.close()
+        return self.proc
+
+    def start(self, timeout: float = 30.0) -> "NotifierServer":
+        self.spawn()
+        deadline = time.monotonic() + timeout
+
+        def check_alive():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+        def get(path):
+            return requests.get(self.url + self.prefix + path, timeout=2)
+
+        while True:
+            check_alive()
+            try:
+                if get("/healthz").status_code == 200 and get("/readyz").status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not ready within {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.1)
+        # Every worker must be up (and, with Redis, following it) before a test
+        # relies on fan-out across workers.
+        while True:
+            check_alive()
+            procs = self.worker_procs()
+            now = time.time()
+            if len(procs) >= self.workers and all(now - p.create_time() > 0.5 for p in procs):
+                if self.redis is None or all(self._talks_to_redis(p) for p in procs):
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.workers} workers not all up within {timeout}s "
+                                   f"(have {len(procs)}):\n{self.log_tail()}")
+            time.sleep(0.1)
+        return self
+
+    def _talks_to_redis(self, proc: psutil.Process) -> bool:
+        try:
+            return any(c.raddr and c.raddr.port == self.redis.port for c in proc.net_connections("tcp"))
+        except psutil.Error:
+            return False
+
+    def worker_procs(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children()
+        except psutil.Error:
+            return []
+
+    def worker_pids(self) -> set[int]:
+        return {p.pid for p in self.worker_procs()}
+
+    def worker_of_ports(self) -> dict[int, int]:
+        """Client-side TCP port -> pid of the worker holding that connection."""
+        owners = {}
+        for p in self.worker_procs():
+            try:
+                conns = p.net_connections("tcp")
+            except psutil.Error:
+                continue
+            for c in conns:
+                if c.laddr and c.laddr.port == self.port and c.raddr:
+                    owners[c.raddr.port] = p.pid
+        return owners
+
+    def log_tail(self, n: int = 60) -> str:
+        return _tail(self.log, n)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is not None:
+            _stop_process(self.proc, timeout=timeout)
+
+
+class ServerFactory:
+    """Starts servers on demand and stops every one of them at teardown."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.servers: list[NotifierServer] = []
+
+    def __call__(self, workers: int = 1, redis: RedisServer | None = None, env: dict | None = None,
+                 app: str = "wsgi:app", bind: list[str] | None = None, prefix: str = "",
+                 wait: bool = True, timeout: float = 30.0) -> NotifierServer:
+        server = NotifierServer(self.workdir, workers=workers, redis=redis, env=env, app=app,
+                                bind=bind, prefix=prefix)
+        server.started_by = _CURRENT_TEST["nodeid"]
+        self.servers.append(server)
+        _SERVERS.append(server)
+        if wait:
+            server.start(timeout=timeout)
+        else:
+            server.spawn()
+        return server
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+#: every server started by any fixture, so a failing test's report can show the logs
+_SERVERS: list[NotifierServer] = []
+_CURRENT_TEST = {"nodeid": None}
+
+
+def pytest_runtest_setup(item):
+    _CURRENT_TEST["nodeid"] = item.nodeid
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed and rep.when in ("setup", "call"):
+        for server in _SERVERS:
+            running = server.proc is not None and server.proc.poll() is None
+            if running or server.started_by == item.nodeid:
+                rep.sections.append((f"log of {server.app} {server.url} (workers={server.workers})",
+                                     server.log_tail()))
+
+
+def _log_size(server: NotifierServer) -> int:
+    try:
+        return server.log.stat().st_size
+    except OSError:
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def no_server_tracebacks():
+    """Fail a test (at teardown) whose servers logged a Python traceback meanwhile.
+
+    Clients that go away, stall or get cut are normal for this server: they must
+    not show up as errors with tracebacks in its log.
+    """
+    offsets = {id(s): _log_size(s) for s in _SERVERS}
+    yield
+    problems = []
+    for server in _SERVERS:
+        start = offsets.get(id(server), 0)
+        try:
+            with open(server.log, "rb") as f:
+                f.seek(start)
+                new = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        if "Traceback (most recent call last)" in new:
+            lines = [ln for ln in new.splitlines() if not _ACCESS_LINE.match(ln)]
+            first = next(i for i, ln in enumerate(lines) if "Traceback (most recent call last)" in ln)
+            excerpt = "\n".join(lines[max(first - 3, 0): first + 40])
+            problems.append(f"{server.app} on {server.url}:\n{excerpt}")
+    if problems:
+        pytest.fail("the server logged a traceback during this test:\n" + "\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def notifier_server(tmp_path):
+    """Factory: ``notifier_server(workers=1, redis=None, env={}, app="wsgi:app", bind=None)``.
+
+    A failing test's report gets a section with the tail of each server's log.
+    """
+    factory = ServerFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture(scope="module")
+def server_factory(tmp_path_factory):
+    """Module-scoped factory for servers shared by the tests of one module."""
+    factory = ServerFactory(tmp_path_factory.mktemp("servers"))
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture(scope="module")
+def short_tmp():
+    """A short directory under /tmp, per module (unix socket paths are limited to ~107 bytes)."""
+    path = tempfile.mkdtemp(prefix="ntf-")
+    try:
+        yield Path(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Closing:
+    """Collects clients to close: ``ws = closing(WSClient(...))``; ``closing.close_all()``."""
+
+    def __init__(self):
+        self.clients = []
+
+    def __call__(self, client):
+        self.clients.append(client)
+        return client
+
+    def close_all(self) -> None:
+        while self.clients:
+            self.clients.pop().close()
+
+
+@pytest.fixture
+def closing():
+    """Closes every client handed to it at teardown, even when the test fails."""
+    pool = Closing()
+    try:
+        yield pool
+    finally:
+        pool.close_all()
