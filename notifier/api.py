@@ -82,6 +82,11 @@ def create_blueprint() -> Blueprint:
     def before() -> Response | None:
         st = state()
         st.start()
+        if request.endpoint in ("notifier.ws", "notifier.events") and st.hub.closing:
+            # A stopping worker takes no new subscribers: the client retries elsewhere.
+            response = error(503, "server shutting down: reconnect")
+            response.headers["Retry-After"] = "1"
+            return response
         if request.endpoint == "notifier.ws":
             # Everything that can refuse a WebSocket happens here, before the upgrade
             # (a NotifierError raised here becomes its JSON error response).

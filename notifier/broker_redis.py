@@ -10,6 +10,7 @@ when it comes back (Redis restarted empty, or trimmed past it), it reports a gap
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -31,6 +32,23 @@ PAGE = 1000
 MAX_BACKOFF = 5.0
 TRIM_EVERY = 30.0
 """Seconds between TTL trims of the stream (XTRIM MINID); reads filter by TTL exactly."""
+UNKNOWN_OUTCOME_WINDOW = 3.0
+"""Seconds a publish whose reply was lost keeps retrying (idempotently) to learn its outcome."""
+TOKEN_TTL = 60
+
+# XADD at most once per publish token: a retry after a lost reply returns the first id
+# instead of adding the notification again.
+PUBLISH_ONCE = """
+local id = redis.call('GET', KEYS[2])
+if id then return id end
+id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', ARGV[2], 'y', ARGV[3], 'n', ARGV[4])
+redis.call('SET', KEYS[2], id, 'EX', ARGV[5])
+return id
+"""
+
+
+class _NotSent(Exception):
+    """No connection to Redis could be had: the command was certainly not applied."""
 
 
 def to_notification_id(stream_id: bytes | str) -> str:
@@ -69,6 +87,7 @@ class RedisBroker(Broker):
         if not settings.redis_url:
             raise ConfigError("REDIS_URL", "required by the Redis broker")
         self.url = settings.redis_url
+        self.prefix = settings.prefix
         self.stream = f"{settings.prefix}:stream"
         self.history_size = settings.history_size
         self.ttl_ms = settings.history_ttl * 1000
@@ -81,16 +100,47 @@ class RedisBroker(Broker):
         self.reconnects = 0
 
     def publish(self, target: str, type: str, fields_json: bytes) -> str:
+        """XADD exactly once, or raise BrokerUnavailable when it was certainly not stored.
+
+        A reply lost to a dropped connection leaves the outcome unknown: the entry may be
+        in Redis. Answering 503 then would be a lie, so the publish is retried under the
+        same token (the script adds it at most once) until Redis answers, for a bounded time.
+        """
+        args = (self.stream, f"{self.prefix}:published:{secrets.token_hex(12)}",
+                self.history_size, target, type, fields_json, TOKEN_TTL)
+        deadline = time.monotonic() + UNKNOWN_OUTCOME_WINDOW
+        delay, sent = 0.05, False
+        while True:
+            try:
+                return to_notification_id(self._publish_once(*args))
+            except _NotSent as exc:
+                if not sent:
+                    raise _unavailable(exc.__cause__ or exc) from exc
+                error: Exception = exc
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                sent, error = True, exc
+            except redis.RedisError as exc:  # an error reply: the script did not run to the end
+                raise _unavailable(exc) from exc
+            if time.monotonic() + delay > deadline:
+                log.error("publish outcome unknown after %.0fs: redis gone mid-reply", UNKNOWN_OUTCOME_WINDOW)
+                raise _unavailable(error)
+            gevent.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _publish_once(self, stream: str, token_key: str, *args: Any) -> bytes:
+        pool = self._client.connection_pool
         try:
-            stream_id = self._client.xadd(
-                self.stream,
-                {"t": target, "y": type, "n": fields_json},
-                maxlen=self.history_size,
-                approximate=True,
-            )
+            conn = pool.get_connection()
         except redis.RedisError as exc:
-            raise _unavailable(exc) from exc
-        return to_notification_id(stream_id)
+            raise _NotSent() from exc
+        try:
+            conn.send_command("EVAL", PUBLISH_ONCE, 2, stream, token_key, *args)
+            return conn.read_response()
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     def history(self, after: str | None = None) -> list[Notification] | None:
         cutoff_ms = now_ms() - self.ttl_ms

@@ -108,8 +108,9 @@ def redis_ping(port: int, timeout: float = 1.0) -> bool:
 class RedisServer:
     """A private redis-server on a fixed loopback port; restartable on the same port."""
 
-    def __init__(self, workdir: Path, *, persist: bool = False):
+    def __init__(self, workdir: Path, *, persist: bool = False, aof: bool = False):
         self.persist = persist  # True: an RDB is saved at shutdown and loaded at start
+        self.aof = aof  # True: append-only file, fsynced every second and at shutdown
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = workdir
@@ -124,7 +125,7 @@ class RedisServer:
             self.proc = subprocess.Popen(
                 [_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                  "--save", "3600 1" if self.persist else "", "--dbfilename", "dump.rdb",
-                 "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no"],
+                 "--appendonly", "yes" if self.aof else "no", "--dir", str(self.dir), "--daemonize", "no"],
                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         finally:
