@@ -1,4 +1,4 @@
-"""The HTTP routes: POST /notify, GET /events, GET /ws, /healthz, /readyz.
+"""The HTTP routes: POST /notify, GET /events, GET /ws, GET /notifications, /healthz, /readyz, /openapi.json.
 
 Built as a blueprint so the same routes mount on the standalone app and, through
 ``Notifier.init_app(url_prefix=...)``, on an existing Flask app. Every error is JSON.
@@ -10,20 +10,35 @@ import logging
 import os
 from typing import Any
 
+import click
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask_sock import Sock
 from werkzeug.wsgi import ClosingIterator
 
 from . import transport_sse, transport_ws
-from .auth import check_publisher
-from .errors import Forbidden, InvalidNotification, NotifierError, PayloadTooLarge, UnsupportedMediaType
-from .hub import TOO_SLOW, entitled_keys
+from .auth import check_origin, check_publisher, socket_peer, subscriber_grant, subscriber_topics
+from .errors import (
+    InvalidNotification,
+    NotifierError,
+    PayloadTooLarge,
+    TooManyRequests,
+    UnsupportedMediaType,
+)
+from .hub import TOO_SLOW, Subscriber, entitled_keys
+from .openapi import spec
+from .ratelimit import publisher_id
 from .state import State, check_last_id
-from .validation import PRIVATE_PREFIX, check_topic
+from .tokens import DEFAULT_TTL, Grant, issue_token
 
 log = logging.getLogger(__name__)
 
 MAX_LIMIT = 1000
+
+
+def bp_prefix(req: Any) -> str:
+    """The URL prefix the notifier blueprint is mounted under in this app."""
+    rule = req.url_rule.rule if req.url_rule is not None else ""
+    return rule[: -len("/openapi.json")] if rule.endswith("/openapi.json") else ""
 
 
 def state() -> State:
@@ -61,13 +76,39 @@ def read_publish_body(max_bytes: int) -> Any:
         raise InvalidNotification(f"body is not valid JSON: {exc}") from None
 
 
-def subscription_topics(values: list[str]) -> list[str]:
-    """Validated topics of a subscribe request; private ones need a token (not yet supported)."""
-    topics = [check_topic(value) for value in values]
-    for topic in topics:
-        if topic.startswith(PRIVATE_PREFIX):
-            raise Forbidden(f"topic {topic!r} is private: it needs a token that grants it")
-    return topics
+class SubscribeRequest:
+    """Everything that decides what a subscribe request may get; built before any stream starts."""
+
+    def __init__(self, st: State, *, check_limits: bool = True) -> None:
+        settings = st.settings
+        if check_limits:
+            check_origin(settings, request.headers.get("Origin"))
+        self.grant: Grant | None = subscriber_grant(
+            settings, request.args.get("token"), request.headers.get("Authorization")
+        )
+        self.user_id = self.grant.user_id if self.grant is not None else st.identify_user()
+        self.topics = subscriber_topics(settings, request.args.getlist("topic"), self.grant)
+        if check_limits and self.user_id is not None:
+            if st.hub.user_connections(self.user_id) >= settings.max_connections_per_user:
+                raise TooManyRequests(
+                    f"too many connections for this user: at most {settings.max_connections_per_user} "
+                    "(NOTIFIER_MAX_CONNECTIONS_PER_USER)"
+                )
+
+    def subscribe(self, st: State, transport: str) -> Subscriber:
+        sub = st.hub.subscribe(transport, self.user_id, self.topics)
+        sub.grant = self.grant
+        return sub
+
+
+def cors_headers(st: State) -> dict[str, str]:
+    """CORS for EventSource: the allowed origin, with credentials; or any origin, without."""
+    origin = request.headers.get("Origin")
+    if not st.settings.allowed_origins:
+        return {"Access-Control-Allow-Origin": "*"}
+    if origin in st.settings.allowed_origins:
+        return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true", "Vary": "Origin"}
+    return {}
 
 
 def create_blueprint() -> Blueprint:
@@ -76,7 +117,10 @@ def create_blueprint() -> Blueprint:
 
     @bp.errorhandler(NotifierError)
     def notifier_error(exc: NotifierError) -> Response:
-        return error(exc.status, exc.message)
+        response = error(exc.status, exc.message)
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @bp.before_request
     def before() -> Response | None:
@@ -90,9 +134,8 @@ def create_blueprint() -> Blueprint:
         if request.endpoint == "notifier.ws":
             # Everything that can refuse a WebSocket happens here, before the upgrade
             # (a NotifierError raised here becomes its JSON error response).
-            g.notifier_topics = subscription_topics(request.args.getlist("topic"))
+            g.notifier_request = SubscribeRequest(st)
             g.notifier_last_id = check_last_id(request.args.get("last_event_id"))
-            g.notifier_user = st.identify_user()
             # permessage-deflate costs ~170 KB and 2x CPU per connection: never offer it.
             request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
         return None
@@ -100,7 +143,8 @@ def create_blueprint() -> Blueprint:
     @bp.post("/notify")
     def notify() -> tuple[Response, int]:
         st = state()
-        check_publisher(request.environ, st.settings.api_keys)
+        key = check_publisher(request.environ, st.settings.api_keys)
+        st.rate_limiter.check(publisher_id(key, socket_peer(request.environ)))
         payload = read_publish_body(st.settings.max_message_bytes)
         notification_id = st.publish_payload(payload)
         return jsonify(id=notification_id), 202
@@ -108,9 +152,9 @@ def create_blueprint() -> Blueprint:
     @bp.get("/events")
     def events() -> Response:
         st = state()
-        topics = subscription_topics(request.args.getlist("topic"))
+        subscribe = SubscribeRequest(st)
         last_id = check_last_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
-        sub = st.hub.subscribe("sse", st.identify_user(), topics)
+        sub = subscribe.subscribe(st, "sse")
         try:
             replay, floor = st.resume(sub.keys, last_id)
         except NotifierError:
@@ -121,13 +165,14 @@ def create_blueprint() -> Blueprint:
         )
         # ClosingIterator: the subscriber is released even if the body is never started.
         body = ClosingIterator(body, [lambda: st.hub.unsubscribe(sub)])
-        return Response(body, mimetype="text/event-stream", headers=transport_sse.HEADERS, direct_passthrough=True)
+        headers = {**transport_sse.HEADERS, **cors_headers(st)}
+        return Response(body, mimetype="text/event-stream", headers=headers, direct_passthrough=True)
 
     @sock.route("/ws", bp=bp)
     def ws(connection: Any) -> None:
         st = state()
         connection.max_message_size = st.settings.max_message_bytes
-        sub = st.hub.subscribe("ws", g.notifier_user, g.notifier_topics)
+        sub = g.notifier_request.subscribe(st, "ws")
         try:
             replay, floor = st.resume(sub.keys, g.notifier_last_id)
         except NotifierError as exc:
@@ -140,7 +185,8 @@ def create_blueprint() -> Blueprint:
     def notifications() -> Response:
         """History as JSON, for polling clients and inbox views: the same entitlement rules."""
         st = state()
-        keys = entitled_keys(st.identify_user(), subscription_topics(request.args.getlist("topic")))
+        subscribe = SubscribeRequest(st, check_limits=False)
+        keys = entitled_keys(subscribe.user_id, subscribe.topics)
         since = check_last_id(request.args.get("since"))
         limit = request.args.get("limit", "100")
         if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
@@ -156,6 +202,21 @@ def create_blueprint() -> Blueprint:
     @bp.get("/ws", endpoint="ws_plain")
     def ws_without_upgrade() -> Response:
         return error(426, "this endpoint speaks WebSocket: connect with a WebSocket client (Upgrade: websocket)")
+
+    @bp.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(spec(request.script_root + (bp_prefix(request) or "")))
+
+    @bp.cli.command("token")
+    @click.argument("user")
+    @click.option("--topic", "topics", multiple=True, help="private topic to grant (repeatable; a trailing * grants a prefix)")
+    @click.option("--ttl", type=int, default=DEFAULT_TTL, show_default=True, help="seconds the token is valid")
+    def token_command(user: str, topics: tuple[str, ...], ttl: int) -> None:
+        """Print a subscriber token for USER, signed with NOTIFIER_SECRET."""
+        try:
+            click.echo(issue_token(state().settings.secret, user, topics, ttl))
+        except (NotifierError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
 
     @bp.get("/healthz")
     def healthz() -> Response:

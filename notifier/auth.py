@@ -1,7 +1,13 @@
-"""Who may publish: a bearer key from NOTIFIER_API_KEYS, or (with none set) a loopback peer.
+"""Who may publish, and who may subscribe to what.
 
-The peer is judged by the socket address: never by ``X-Forwarded-For``, and not by a
+Publishing: a bearer key from NOTIFIER_API_KEYS, or (with none set) a loopback peer,
+judged by the socket address: never by ``X-Forwarded-For``, and not by a
 ``REMOTE_ADDR`` that ProxyFix rewrote from it.
+
+Subscribing: anyone gets broadcasts and public topics; a token (or the host app's
+``identify`` hook) names the user; ``private-…`` topics need a token that grants them;
+a browser's ``Origin`` must be allowed when NOTIFIER_ALLOWED_ORIGINS is set. All of it
+is decided before a stream starts (before the WebSocket upgrade).
 """
 from __future__ import annotations
 
@@ -9,7 +15,10 @@ import hmac
 import ipaddress
 from typing import Any, Mapping
 
-from .errors import Forbidden, Unauthorized
+from .config import Settings
+from .errors import Forbidden, InvalidNotification, Unauthorized
+from .tokens import Grant, verify_token
+from .validation import PRIVATE_PREFIX, check_topic
 
 
 def socket_peer(environ: Mapping[str, Any]) -> str:
@@ -43,11 +52,11 @@ def bearer(header: str | None) -> str | None:
     return value.strip() or None
 
 
-def check_publisher(environ: Mapping[str, Any], api_keys: tuple[str, ...]) -> None:
-    """Raise Unauthorized/Forbidden unless this request may publish."""
+def check_publisher(environ: Mapping[str, Any], api_keys: tuple[str, ...]) -> str | None:
+    """The publisher key of this request (None for a loopback peer), or Unauthorized/Forbidden."""
     if not api_keys:
         if is_loopback(socket_peer(environ)):
-            return
+            return None
         raise Forbidden("publishing is only allowed from loopback; set NOTIFIER_API_KEYS to publish from elsewhere")
     key = bearer(environ.get("HTTP_AUTHORIZATION"))
     if key is None:
@@ -57,3 +66,31 @@ def check_publisher(environ: Mapping[str, Any], api_keys: tuple[str, ...]) -> No
         matched |= hmac.compare_digest(key.encode(), candidate.encode())
     if not matched:
         raise Forbidden("wrong publisher key")
+    return key
+
+
+def check_origin(settings: Settings, origin: str | None) -> None:
+    """Refuse a browser page from an origin not allowed (cross-site WebSocket hijacking)."""
+    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
+        raise Forbidden("origin not allowed (NOTIFIER_ALLOWED_ORIGINS)")
+
+
+def subscriber_grant(settings: Settings, query_token: str | None, authorization: str | None) -> Grant | None:
+    """The verified token of a subscribe request, from ``?token=`` or ``Authorization: Bearer``."""
+    token = query_token or bearer(authorization)
+    return verify_token(settings.secret, token) if token else None
+
+
+def check_topic_access(topic: Any, grant: Grant | None) -> str:
+    """A valid topic this subscriber may listen to, or InvalidNotification / Forbidden."""
+    topic = check_topic(topic)
+    if topic.startswith(PRIVATE_PREFIX) and (grant is None or not grant.allows(topic)):
+        raise Forbidden(f"topic {topic!r} is private: it needs a token that grants it")
+    return topic
+
+
+def subscriber_topics(settings: Settings, values: list[str], grant: Grant | None) -> list[str]:
+    topics = list(dict.fromkeys(check_topic_access(value, grant) for value in values))
+    if len(topics) > settings.max_topics:
+        raise InvalidNotification(f"too many topics: at most {settings.max_topics} (NOTIFIER_MAX_TOPICS)")
+    return topics

@@ -91,7 +91,7 @@ class RedisBroker(Broker):
         self.stream = f"{settings.prefix}:stream"
         self.history_size = settings.history_size
         self.ttl_ms = settings.history_ttl * 1000
-        self._client = _client(self.url, socket_timeout=2.0)
+        self.client = _client(self.url, socket_timeout=2.0)
         self._follower: gevent.Greenlet | None = None
         self._deliver: Deliver | None = None
         self._on_gap: OnGap | None = None
@@ -128,7 +128,7 @@ class RedisBroker(Broker):
             delay = min(delay * 2, 0.5)
 
     def _publish_once(self, stream: str, token_key: str, *args: Any) -> bytes:
-        pool = self._client.connection_pool
+        pool = self.client.connection_pool
         try:
             conn = pool.get_connection()
         except redis.RedisError as exc:
@@ -147,14 +147,14 @@ class RedisBroker(Broker):
         try:
             if after is not None:
                 stream_id = to_stream_id(after)
-                if parse_id(after)[0] < cutoff_ms or not self._client.xrange(self.stream, stream_id, stream_id):
+                if parse_id(after)[0] < cutoff_ms or not self.client.xrange(self.stream, stream_id, stream_id):
                     return None
                 start = "(" + stream_id
             else:
                 start = f"{max(cutoff_ms, 0)}-0"
             found: list[Notification] = []
             while True:
-                entries = self._client.xrange(self.stream, start, "+", count=PAGE)
+                entries = self.client.xrange(self.stream, start, "+", count=PAGE)
                 found.extend(n for n in map(self._notification, entries) if n is not None)
                 if len(entries) < PAGE:
                     return found
@@ -164,14 +164,14 @@ class RedisBroker(Broker):
 
     def newest_id(self) -> str | None:
         try:
-            newest = self._client.xrevrange(self.stream, count=1)
+            newest = self.client.xrevrange(self.stream, count=1)
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
         return to_notification_id(newest[0][0]) if newest else None
 
     def ready(self) -> bool:
         try:
-            return bool(self._client.ping())
+            return bool(self.client.ping())
         except redis.RedisError:
             return False
 
@@ -182,7 +182,7 @@ class RedisBroker(Broker):
             # after start() must get everything published after this point.
             if self._last is None:
                 try:
-                    self._last = self._tail(self._client)
+                    self._last = self._tail(self.client)
                 except redis.RedisError as exc:
                     log.warning("redis unavailable at start (%s); the follower will retry", exc)
             self._follower = gevent.spawn(self._follow)

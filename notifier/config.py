@@ -55,6 +55,9 @@ class Settings:
     queue_size: int
     max_message_bytes: int
     prefix: str
+    max_topics: int
+    max_connections_per_user: int
+    publish_rate: int
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None) -> "Settings":
@@ -74,6 +77,9 @@ class Settings:
             queue_size=_number(config, "NOTIFIER_QUEUE_SIZE", 1024),
             max_message_bytes=_number(config, "NOTIFIER_MAX_MESSAGE_BYTES", 65536),
             prefix=_raw(config, "NOTIFIER_PREFIX") or "notifier",
+            max_topics=_number(config, "NOTIFIER_MAX_TOPICS", 100),
+            max_connections_per_user=_number(config, "NOTIFIER_MAX_CONNECTIONS_PER_USER", 50),
+            publish_rate=_number(config, "NOTIFIER_PUBLISH_RATE", 500),
         )
 
 

@@ -46,3 +46,13 @@ class BrokerUnavailable(NotifierError):
     """The broker cannot be reached: the notification was NOT accepted (503)."""
 
     status = 503
+
+
+class TooManyRequests(NotifierError):
+    """A limit was hit (publish rate, connections per user); ``retry_after`` in seconds."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

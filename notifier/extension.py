@@ -13,6 +13,7 @@ from .api import create_blueprint
 from .config import Settings
 from .errors import NotifierError
 from .state import Identify, State
+from .tokens import DEFAULT_TTL, issue_token
 
 
 class Notifier:
@@ -48,6 +49,10 @@ class Notifier:
         payload: dict[str, Any] = {"title": title, "message": message, "type": type,
                                    "user_id": user_id, "topic": topic, "data": data}
         return self._current().publish_payload({k: v for k, v in payload.items() if v is not None})
+
+    def issue_token(self, user_id: str, topics: tuple[str, ...] | list[str] = (), ttl: int = DEFAULT_TTL) -> str:
+        """A subscriber token for ``user_id`` granting private ``topics``, signed with NOTIFIER_SECRET."""
+        return issue_token(self._current().settings.secret, user_id, topics, ttl)
 
     def _current(self) -> State:
         if has_app_context() and "notifier" in current_app.extensions:

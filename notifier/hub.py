@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from gevent.queue import Full, Queue
 
@@ -38,7 +38,8 @@ def entitled_keys(user_id: str | None, topics: Iterable[str]) -> set[str]:
 class Subscriber:
     """One live client attachment: who it is, what it listens to, and its bounded queue."""
 
-    __slots__ = ("queue", "keys", "user_id", "transport", "close_code", "close_reason", "on_cut", "__weakref__")
+    __slots__ = ("queue", "keys", "user_id", "transport", "close_code", "close_reason", "on_cut", "grant",
+                 "__weakref__")
 
     def __init__(self, transport: str, user_id: str | None, topics: Iterable[str], queue_size: int) -> None:
         self.transport = transport
@@ -48,6 +49,11 @@ class Subscriber:
         self.close_code: int | None = None
         self.close_reason = ""
         self.on_cut: Callable[[], None] | None = None
+        self.grant: Any = None  # the subscriber's verified token (tokens.Grant), if any
+
+    @property
+    def expires_at(self) -> float | None:
+        return self.grant.expires_at if self.grant is not None else None
 
     @property
     def closed(self) -> bool:
@@ -96,6 +102,11 @@ class Hub:
             for key in sub.keys:
                 self._index.setdefault(key, set()).add(sub)
         return sub
+
+    def user_connections(self, user_id: str) -> int:
+        """How many live subscribers of this worker are that user's."""
+        with self._lock:
+            return len(self._index.get(user_key(user_id), ()))
 
     def add_topic(self, sub: Subscriber, topic: str) -> None:
         with self._lock:

@@ -6,12 +6,14 @@ import logging
 import weakref
 from typing import Any, Callable
 
+from .auth import check_topic_access
 from .broker import create_broker
+from .ratelimit import create_rate_limiter
 from .config import Settings
 from .errors import InvalidNotification, NotifierError
 from .hub import RESTART, Hub, Subscriber
 from .notification import BROADCAST, Notification, encode_fields, now_iso, parse_id, target_key
-from .validation import PRIVATE_PREFIX, check_topic, validate_publish
+from .validation import check_topic, validate_publish
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ class State:
         self.settings = settings
         self.hub = Hub(settings.queue_size)
         self.broker = create_broker(settings)
+        self.rate_limiter = create_rate_limiter(settings.publish_rate, self.broker, settings.prefix)
         self.identify = identify
         self.started = False
         STATES.add(self)
@@ -91,12 +94,14 @@ class State:
             action = message.get("action")
             if action not in ("subscribe", "unsubscribe"):
                 return {"error": "action must be 'subscribe' or 'unsubscribe'"}
-            topic = check_topic(message.get("topic"))
             if action == "subscribe":
-                if topic.startswith(PRIVATE_PREFIX):
-                    return {"error": f"topic {topic!r} is private: it needs a token that grants it", "topic": topic}
+                topic = check_topic_access(message.get("topic"), sub.grant)
+                topics = len(sub.keys) - 1 - (sub.user_id is not None)  # less broadcast and user keys
+                if topic not in sub.keys and topics >= self.settings.max_topics:
+                    return {"error": f"too many topics: at most {self.settings.max_topics} (NOTIFIER_MAX_TOPICS)"}
                 self.hub.add_topic(sub, topic)
             else:
+                topic = check_topic(message.get("topic"))
                 self.hub.remove_topic(sub, topic)
             return {"ack": action, "topic": topic}
         except NotifierError as exc:

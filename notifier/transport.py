@@ -3,18 +3,34 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import Callable
 
 import gevent
 from gevent.queue import Empty, Queue
 
-from .hub import WAKE
+from .hub import POLICY, WAKE, Subscriber
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
 CUT_GRACE = 2.0
 """Seconds a cut subscriber's writer gets to end the stream before its socket is shut."""
+
+
+def wait_time(sub: Subscriber, heartbeat: float) -> float:
+    """How long to wait for the queue: the heartbeat, or less if the token expires sooner."""
+    expires_at = sub.expires_at
+    return heartbeat if expires_at is None else max(0.0, min(heartbeat, expires_at - time.time()))
+
+
+def expire_if_due(sub: Subscriber) -> bool:
+    """Close a subscriber whose token has expired (1008 / end of stream); True if it did."""
+    expires_at = sub.expires_at
+    if expires_at is not None and time.time() >= expires_at:
+        sub.close(POLICY, "token expired: reconnect with a fresh one")
+        return True
+    return False
 
 
 def drain(queue: Queue, first: object, attr: str, floor: str | None) -> tuple[list[bytes], str | None]:

@@ -14,7 +14,7 @@ from gevent.queue import Empty
 
 from .hub import Hub, Subscriber
 from .notification import Notification
-from .transport import drain, shut_later
+from .transport import drain, expire_if_due, shut_later, wait_time
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,10 @@ def event_stream(hub: Hub, sub: Subscriber, heartbeat: float, sock: socket.socke
         queue = sub.queue
         while not sub.closed:
             try:
-                item = queue.get(timeout=heartbeat)
+                item = queue.get(timeout=wait_time(sub, heartbeat))
             except Empty:
-                yield KEEPALIVE
+                if not expire_if_due(sub):
+                    yield KEEPALIVE
                 continue
             chunks, floor = drain(queue, item, "sse_chunk", floor)
             if chunks:

@@ -19,7 +19,7 @@ from simple_websocket import ConnectionClosed
 
 from .hub import WAKE, Hub, Subscriber
 from .notification import Notification, ws_text_frame
-from .transport import drain, shut_later, shutdown
+from .transport import drain, expire_if_due, shut_later, shutdown, wait_time
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,10 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
             sock.sendall(b"".join(n.ws_frame for n in replay))
         while True:
             try:
-                item = queue.get(timeout=heartbeat)
+                item = queue.get(timeout=wait_time(sub, heartbeat))
             except Empty:
-                sock.sendall(PING)
+                if not expire_if_due(sub):
+                    sock.sendall(PING)
                 continue
             chunks, floor = drain(queue, item, "ws_frame", floor)
             while ws.input_buffer:

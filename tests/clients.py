@@ -56,7 +56,7 @@ class WSClient:
 
     def __init__(self, base_url: str, path: str = "/ws", topics=(), *, cookie: str | None = None,
                  headers: list[str] | None = None, rcvbuf: int | None = None, timeout: float = 10.0,
-                 **params):
+                 suppress_origin: bool = False, **params):
         u = urlsplit(base_url)
         self.url = f"ws://{u.netloc}{u.path.rstrip('/')}{path}{_query(topics, **params)}"
         sockopt = []
@@ -67,7 +67,7 @@ class WSClient:
         # .decode("utf-8") still rejects invalid UTF-8.
         self.ws = websocket.create_connection(
             self.url, timeout=timeout, cookie=cookie, header=headers or [], sockopt=tuple(sockopt),
-            skip_utf8_validation=True,
+            skip_utf8_validation=True, suppress_origin=suppress_origin,
         )
         self.close_code: int | None = None
         self.closed = False

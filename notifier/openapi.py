@@ -1,0 +1,127 @@
+"""The HTTP API as OpenAPI 3.1, served at /openapi.json; tests keep it true to the routes."""
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+ID = {"type": "string", "pattern": r"^\d{13}-\d{6}$", "description": "sorts as a plain string in publish order"}
+TOPIC = {"type": "string", "pattern": r"^[A-Za-z0-9_.:/-]{1,128}$"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ERROR}}}
+
+
+def _subscribe_params(*, resume: bool) -> list[dict[str, Any]]:
+    params: list[dict[str, Any]] = [
+        {"name": "topic", "in": "query", "required": False, "schema": {"type": "array", "items": TOPIC},
+         "style": "form", "explode": True, "description": "public topics, and private-… ones the token grants"},
+        {"name": "token", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "subscriber JWT (HS256, NOTIFIER_SECRET); or Authorization: Bearer"},
+    ]
+    if resume:
+        params.append({"name": "last_event_id", "in": "query", "required": False, "schema": ID,
+                       "description": "resume after this id (SSE also takes the Last-Event-ID header)"})
+    return params
+
+
+SUBSCRIBE_ERRORS = {
+    "400": _error("bad topic or resume id, too many topics"),
+    "401": _error("bad, expired or wrongly signed token"),
+    "403": _error("private topic not granted, or origin not allowed"),
+    "429": _error("too many connections for this user"),
+    "503": _error("history unavailable, or the server is shutting down"),
+}
+
+
+def spec(base_path: str = "") -> dict[str, Any]:
+    """The OpenAPI document, with ``base_path`` as the server URL (where notifier is mounted)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "notifier", "version": "0.1.0",
+                 "description": "Real-time notifications over WebSocket and Server-Sent Events."},
+        "servers": [{"url": base_path or "/"}],
+        "paths": {
+            "/notify": {"post": {
+                "summary": "Publish a notification",
+                "security": [{"publisherKey": []}, {}],
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Publish"}}}},
+                "responses": {
+                    "202": {"description": "accepted: it is in history",
+                            "content": {"application/json": {"schema": {
+                                "type": "object", "required": ["id"], "properties": {"id": ID}}}}},
+                    "400": _error("bad JSON or fields"),
+                    "401": _error("publisher key missing"),
+                    "403": _error("wrong key, or not a loopback peer while NOTIFIER_API_KEYS is unset"),
+                    "413": _error("body larger than NOTIFIER_MAX_MESSAGE_BYTES"),
+                    "415": _error("not application/json"),
+                    "429": _error("publish rate over NOTIFIER_PUBLISH_RATE (see Retry-After)"),
+                    "503": _error("broker unavailable: not accepted"),
+                },
+            }},
+            "/events": {"get": {
+                "summary": "Subscribe with Server-Sent Events",
+                "parameters": _subscribe_params(resume=True),
+                "responses": {"200": {"description": "the event stream",
+                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              **SUBSCRIBE_ERRORS},
+            }},
+            "/ws": {"get": {
+                "summary": "Subscribe over WebSocket (needs Upgrade: websocket)",
+                "parameters": _subscribe_params(resume=True),
+                "responses": {"101": {"description": "switching to WebSocket"},
+                              "426": _error("not a WebSocket handshake"), **SUBSCRIBE_ERRORS},
+            }},
+            "/notifications": {"get": {
+                "summary": "History as JSON, with the same entitlement rules",
+                "parameters": _subscribe_params(resume=False) + [
+                    {"name": "since", "in": "query", "required": False, "schema": ID},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                ],
+                "responses": {
+                    "200": {"description": "notifications, oldest first",
+                            "content": {"application/json": {"schema": {
+                                "type": "object", "required": ["notifications", "reset", "more"],
+                                "properties": {
+                                    "notifications": {"type": "array",
+                                                      "items": {"$ref": "#/components/schemas/Notification"}},
+                                    "reset": {"type": "boolean"}, "more": {"type": "boolean"}}}}}},
+                    "400": _error("bad topic, since or limit"),
+                    "401": _error("bad token"),
+                    "403": _error("private topic not granted"),
+                    "503": _error("history unavailable"),
+                },
+            }},
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "serving"}}}},
+            "/readyz": {"get": {"summary": "Readiness: the broker is reachable",
+                                "responses": {"200": {"description": "ready"}, "503": _error("broker unavailable")}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
+        },
+        "components": {
+            "securitySchemes": {"publisherKey": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Publish": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {
+                        "type": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,64}$", "default": "notification"},
+                        "title": {"type": "string", "maxLength": 256},
+                        "message": {"type": "string"},
+                        "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
+                        "topic": TOPIC,
+                        "data": {"type": "object"},
+                    },
+                    "anyOf": [{"required": ["title"]}, {"required": ["message"]}],
+                    "not": {"required": ["user_id", "topic"]},
+                },
+                "Notification": {
+                    "type": "object", "required": ["id", "type", "title", "message", "ts"],
+                    "properties": {"id": ID, "type": {"type": "string"}, "title": {"type": "string"},
+                                   "message": {"type": "string"}, "ts": {"type": "string", "format": "date-time"},
+                                   "user_id": {"type": "string"}, "topic": TOPIC, "data": {"type": "object"}},
+                },
+            },
+        },
+    }
