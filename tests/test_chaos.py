@@ -87,7 +87,8 @@ class Subscriber(threading.Thread):
                 client.close()
 
 
-def publisher(url: str, n: int, offset: int, outcomes: dict, bulk_topic: str | None = None, size: int = 0):
+def publisher(url: str, n: int, offset: int, outcomes: dict, bulk_topic: str | None = None, size: int = 0,
+              pause: float = 0.04):
     with requests.Session() as session:
         for i in range(n):
             title = f"p{offset}-{i}"
@@ -99,7 +100,7 @@ def publisher(url: str, n: int, offset: int, outcomes: dict, bulk_topic: str | N
                                    target.get("topic"))
             except requests.RequestException:
                 outcomes[title] = ("no answer", None, target.get("topic"))  # the worker died mid-request
-            time.sleep(0.04)
+            time.sleep(pause)
 
 
 def busiest_worker(server) -> int:
@@ -150,14 +151,14 @@ def run_chaos(notifier_server, redis) -> None:
     victim = busiest_worker(server)
     os.kill(victim, signal.SIGKILL)
     faults.append((f"worker {victim} killed", time.monotonic() - t0))
-    at(8)
+    at(7)
     stalled = subs[:STALLED]
     for s in stalled:
         s.stall.set()
     faults.append(("clients stalled until cut", time.monotonic() - t0))
 
     def bulk() -> None:
-        publisher(server.url, BULK, 99, outcomes, bulk_topic="bulk", size=32768)
+        publisher(server.url, BULK, 99, outcomes, bulk_topic="bulk", size=32768, pause=0.005)
         time.sleep(1.0)
         for s in stalled:
             s.stall.clear()
@@ -165,7 +166,7 @@ def run_chaos(notifier_server, redis) -> None:
     bulk_thread = threading.Thread(target=bulk, daemon=True)
     bulk_thread.start()
     threads.append(bulk_thread)
-    at(11)
+    at(12)
     other = busiest_worker(server)
     os.kill(other, signal.SIGTERM)  # graceful: its clients get 1001 / end of stream
     faults.append((f"worker {other} stopped (SIGTERM)", time.monotonic() - t0))
@@ -236,5 +237,6 @@ def run_chaos(notifier_server, redis) -> None:
     cut_by = {fault for fault, _ in cuts}
     assert all(name in cut_by for name, _ in faults[1:]), f"a fault cut no client: {sorted(cuts)}"
     assert all(s.cuts for s in subs[:STALLED]), "a stalled client was never cut"
+    assert ("clients stalled until cut", "stream ended") in cuts, "no stalled client was cut for being slow"
     assert not problems, "\n".join(problems[:20])
     assert lost == 0 and duplicated == 0
