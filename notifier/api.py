@@ -13,6 +13,7 @@ from typing import Any
 import click
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask_sock import Sock
+from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
 from . import transport_sse, transport_ws
@@ -101,6 +102,12 @@ class SubscribeRequest:
         return sub
 
 
+def check_handshake(headers: Any) -> None:
+    """Refuse a malformed WebSocket handshake with a JSON 400 instead of a failed upgrade."""
+    if not headers.get("Sec-WebSocket-Key") or headers.get("Sec-WebSocket-Version") != "13":
+        raise InvalidNotification("bad WebSocket handshake: Sec-WebSocket-Key and Sec-WebSocket-Version: 13 required")
+
+
 def cors_headers(st: State) -> dict[str, str]:
     """CORS for EventSource: the allowed origin, with credentials; or any origin, without."""
     origin = request.headers.get("Origin")
@@ -114,6 +121,15 @@ def cors_headers(st: State) -> dict[str, str]:
 def create_blueprint() -> Blueprint:
     bp = Blueprint("notifier", __name__)
     sock = Sock()
+
+    @bp.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        return error(exc.code or 500, exc.description or exc.name)
+
+    @bp.errorhandler(Exception)
+    def unexpected_error(exc: Exception) -> Response:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return error(500, "internal error")
 
     @bp.errorhandler(NotifierError)
     def notifier_error(exc: NotifierError) -> Response:
@@ -134,8 +150,9 @@ def create_blueprint() -> Blueprint:
         if request.endpoint == "notifier.ws":
             # Everything that can refuse a WebSocket happens here, before the upgrade
             # (a NotifierError raised here becomes its JSON error response).
+            check_handshake(request.headers)
             g.notifier_request = SubscribeRequest(st)
-            g.notifier_last_id = check_last_id(request.args.get("last_event_id"))
+            g.notifier_last_id = check_last_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
             # permessage-deflate costs ~170 KB and 2x CPU per connection: never offer it.
             request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
         return None
@@ -157,7 +174,7 @@ def create_blueprint() -> Blueprint:
         sub = subscribe.subscribe(st, "sse")
         try:
             replay, floor = st.resume(sub.keys, last_id)
-        except NotifierError:
+        except BaseException:
             st.hub.unsubscribe(sub)
             raise
         body = transport_sse.event_stream(
@@ -179,6 +196,9 @@ def create_blueprint() -> Blueprint:
             st.hub.unsubscribe(sub)
             transport_ws.close(connection, TOO_SLOW, exc.message)  # 1013: try again later
             return
+        except BaseException:
+            st.hub.unsubscribe(sub)
+            raise
         transport_ws.serve(connection, st.hub, sub, st.settings.heartbeat, st.handle_client_message, replay, floor)
 
     @bp.get("/notifications")
@@ -189,7 +209,7 @@ def create_blueprint() -> Blueprint:
         keys = entitled_keys(subscribe.user_id, subscribe.topics)
         since = check_last_id(request.args.get("since"))
         limit = request.args.get("limit", "100")
-        if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+        if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_LIMIT:
             raise InvalidNotification(f"limit must be a whole number from 1 to {MAX_LIMIT}")
         history = st.broker.history(since)
         if history is None:

@@ -5,7 +5,8 @@ import logging
 import os
 from typing import Any, Mapping
 
-from flask import Flask
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
 
 from .extension import Notifier
 
@@ -20,4 +21,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     if config:
         app.config.update(config)
     Notifier(app)
+
+    @app.errorhandler(HTTPException)
+    def json_error(exc: HTTPException) -> Response:
+        # Routing errors (404, 405) happen before any blueprint: answer them in JSON too.
+        response = jsonify(error=exc.description or exc.name)
+        response.status_code = exc.code or 500
+        return response
+
     return app

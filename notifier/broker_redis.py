@@ -63,7 +63,7 @@ def to_stream_id(notification_id: str) -> str:
     return f"{ms}-{seq}"
 
 
-def _client(url: str, socket_timeout: float) -> redis.Redis:
+def _client(url: str, socket_timeout: float, retries: int = 1) -> redis.Redis:
     # One retry, on connection errors only: it replaces a pooled connection that went
     # stale across a Redis restart. Timeouts are not retried: the command may have run.
     return redis.Redis.from_url(
@@ -71,7 +71,7 @@ def _client(url: str, socket_timeout: float) -> redis.Redis:
         socket_timeout=socket_timeout,
         socket_connect_timeout=1.0,
         health_check_interval=10,
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        retry=Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,)),
     )
 
 
@@ -184,7 +184,10 @@ class RedisBroker(Broker):
                 try:
                     self._last = self._tail(self.client)
                 except redis.RedisError as exc:
-                    log.warning("redis unavailable at start (%s); the follower will retry", exc)
+                    # Nothing can be published while Redis is down: follow from now, so
+                    # whatever is accepted once it is back reaches this worker.
+                    self._last = f"{now_ms()}-0"
+                    log.warning("redis unavailable at start (%s); following from now", exc)
             self._follower = gevent.spawn(self._follow)
 
     def stop(self) -> None:
@@ -197,17 +200,32 @@ class RedisBroker(Broker):
         return last[0][0].decode() if last else "0-0"
 
     def _check_gap(self, client: redis.Redis) -> None:
-        """After a reconnect: is the last id we delivered still there to continue from?"""
+        """After a reconnect: can we continue after the last id we delivered without a gap?
+
+        Not if the stream is gone (Redis restarted empty) or entries newer than it were
+        trimmed. An id that merely expired with nothing added since is no gap.
+        """
         last = self._last
         if last is None or last == "0-0" or client.xrange(self.stream, last, last):
             return
+        try:
+            info = client.xinfo_stream(self.stream)
+        except redis.ResponseError:  # no such stream: Redis lost it
+            info = None
+        if info is not None:
+            generated = info["last-generated-id"].decode()
+            first = info.get("first-entry")
+            if generated == last or (first and parse_id(to_notification_id(first[0])) <= parse_id(
+                    to_notification_id(last))):
+                return
         log.warning("redis history no longer holds %s (restarted empty or trimmed): connections must resume", last)
         if self._on_gap is not None:
             self._on_gap()
 
     def _follow(self) -> None:
         """Follow the stream forever; on any Redis error, back off and go on from the last id."""
-        client = _client(self.url, socket_timeout=BLOCK_MS / 1000 + 5)
+        # No silent retry: a dropped connection must be seen, so the gap check runs.
+        client = _client(self.url, socket_timeout=BLOCK_MS / 1000 + 5, retries=0)
         backoff = 0.1
         next_trim = 0.0
         reconnecting = False

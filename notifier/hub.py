@@ -161,5 +161,7 @@ class Hub:
             self.closing = self.closing or final
             subs = list(self._subscribers)
         for sub in subs:
+            if not final:  # they stay registered only while the server winds down
+                self.unsubscribe(sub)
             sub.close(code, reason)
         return len(subs)

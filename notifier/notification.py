@@ -11,6 +11,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from .errors import InvalidNotification
+
 BROADCAST = "@all"
 """Hub key of a notification for every connection; '@' is not allowed in topic names."""
 
@@ -26,7 +28,8 @@ def format_id(ms: int, seq: int) -> str:
 def parse_id(value: str) -> tuple[int, int]:
     """(ms, seq) of an id made by ``format_id``; ValueError if it is not one."""
     ms, sep, seq = value.partition("-")
-    if not sep or len(ms) != _MS_DIGITS or len(seq) != _SEQ_DIGITS or not (ms.isdigit() and seq.isdigit()):
+    digits = (ms + seq).isascii() and ms.isdigit() and seq.isdigit()
+    if not sep or len(ms) != _MS_DIGITS or len(seq) != _SEQ_DIGITS or not digits:
         raise ValueError(f"not a notification id: {value!r}")
     return int(ms), int(seq)
 
@@ -53,8 +56,15 @@ def now_ms() -> int:
 
 
 def encode_fields(fields: dict[str, Any]) -> bytes:
-    """Compact one-line JSON of everything but the id (the broker assigns that)."""
-    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact one-line JSON of everything but the id (the broker assigns that).
+
+    Raises InvalidNotification for what JSON cannot carry: NaN or infinite numbers
+    (``1e400`` parses to infinity), lone surrogates, objects that are not JSON.
+    """
+    try:
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise InvalidNotification(f"notification cannot be encoded as JSON: {exc}") from None
 
 
 def ws_text_frame(payload: bytes) -> bytes:

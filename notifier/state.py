@@ -68,8 +68,10 @@ class State:
             return [], None
         missed = self.broker.history(last_id)
         if missed is None:
+            # The reset carries the newest id, so a reconnect resumes from there; with an
+            # empty history, the stale id itself, so a reconnect is reset again (never "").
             newest = self.broker.newest_id()
-            return [reset_notification(newest, last_id)], newest
+            return [reset_notification(newest or last_id, last_id)], newest
         entitled = [n for n in missed if n.target in keys]
         return entitled, (missed[-1].id if missed else last_id)
 
@@ -119,7 +121,7 @@ def check_last_id(value: str | None) -> str | None:
     return value
 
 
-def reset_notification(newest: str | None, last_id: str) -> Notification:
+def reset_notification(newest: str, last_id: str) -> Notification:
     """Tells a client its resume point is gone: refetch state, then follow live from ``newest``."""
     fields = {
         "type": "notifier.reset",
@@ -128,4 +130,4 @@ def reset_notification(newest: str | None, last_id: str) -> Notification:
         "ts": now_iso(),
         "data": {"last_event_id": last_id},
     }
-    return Notification(newest or "", BROADCAST, "notifier.reset", encode_fields(fields))
+    return Notification(newest, BROADCAST, "notifier.reset", encode_fields(fields))

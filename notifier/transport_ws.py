@@ -17,7 +17,7 @@ import gevent
 from gevent.queue import Empty, Full, Queue
 from simple_websocket import ConnectionClosed
 
-from .hub import WAKE, Hub, Subscriber
+from .hub import POLICY, WAKE, Hub, Subscriber
 from .notification import Notification, ws_text_frame
 from .transport import drain, expire_if_due, shut_later, shutdown, wait_time
 
@@ -30,17 +30,31 @@ CLOSE_WAIT = 2.0
 OnMessage = Callable[[Subscriber, Any], dict]
 
 
-class QueueWake:
-    """Stands in for simple-websocket's ``event``: its ``set()`` wakes our writer instead."""
+MAX_PENDING_MESSAGES = 64
+"""Client messages waiting to be answered before the client counts as flooding (1008)."""
+MESSAGES_PER_WAKE = 16
 
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
+
+class QueueWake:
+    """Stands in for simple-websocket's ``event``: its ``set()`` wakes our writer instead.
+
+    simple-websocket's reader calls it once per message and does not yield while data
+    keeps arriving, so it yields here, and cuts a client whose messages pile up.
+    """
+
+    def __init__(self, sub: Subscriber, ws: Any) -> None:
+        self.sub, self.ws = sub, ws
 
     def set(self) -> None:
-        try:
-            self.queue.put_nowait(WAKE)
-        except Full:
-            pass  # the writer is awake already
+        if len(self.ws.input_buffer) > MAX_PENDING_MESSAGES:
+            self.ws.input_buffer.clear()
+            self.sub.close(POLICY, "too many messages")
+        else:
+            try:
+                self.sub.queue.put_nowait(WAKE)
+            except Full:
+                pass  # the writer is awake already
+        gevent.sleep(0)
 
     def clear(self) -> None:
         pass
@@ -66,7 +80,7 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
     sock: socket.socket = ws.sock
     running = [True]
     sub.on_cut = lambda: shut_later(sock, lambda: running[0])
-    ws.event = QueueWake(sub.queue)
+    ws.event = QueueWake(sub, ws)
     ws.event.set()  # a message may have arrived before the swap
     queue = sub.queue
     try:
@@ -80,8 +94,10 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
                     sock.sendall(PING)
                 continue
             chunks, floor = drain(queue, item, "ws_frame", floor)
-            while ws.input_buffer:
+            for _ in range(min(len(ws.input_buffer), MESSAGES_PER_WAKE)):
                 chunks.append(json_frame(on_message(sub, ws.input_buffer.pop(0))))
+            if ws.input_buffer:
+                ws.event.set()  # more to answer: come back after others had their turn
             if chunks:
                 sock.sendall(b"".join(chunks))
             if sub.closed:
