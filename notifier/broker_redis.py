@@ -96,6 +96,7 @@ class RedisBroker(Broker):
         self._deliver: Deliver | None = None
         self._on_gap: OnGap | None = None
         self._last: str | None = None
+        self._last_is_a_guess = False  # no entry at that id: nothing to find missing
         self.connected = False
         self.reconnects = 0
 
@@ -186,7 +187,7 @@ class RedisBroker(Broker):
                 except redis.RedisError as exc:
                     # Nothing can be published while Redis is down: follow from now, so
                     # whatever is accepted once it is back reaches this worker.
-                    self._last = f"{now_ms()}-0"
+                    self._last, self._last_is_a_guess = f"{now_ms()}-0", True
                     log.warning("redis unavailable at start (%s); following from now", exc)
             self._follower = gevent.spawn(self._follow)
 
@@ -206,7 +207,7 @@ class RedisBroker(Broker):
         trimmed. An id that merely expired with nothing added since is no gap.
         """
         last = self._last
-        if last is None or last == "0-0" or client.xrange(self.stream, last, last):
+        if last is None or last == "0-0" or self._last_is_a_guess or client.xrange(self.stream, last, last):
             return
         try:
             info = client.xinfo_stream(self.stream)
@@ -246,7 +247,7 @@ class RedisBroker(Broker):
                 backoff = 0.1
                 for _stream, entries in response or ():
                     for entry in entries:
-                        self._last = entry[0].decode()
+                        self._last, self._last_is_a_guess = entry[0].decode(), False
                         notification = self._notification(entry)
                         if notification is not None and self._deliver is not None:
                             self._deliver(notification)
