@@ -24,8 +24,10 @@ preload_app = False
 # one host (tests, side-by-side deploys) would fight over it, and Heroku has no use for it.
 control_socket_disable = True
 accesslog = "-"
-# Query strings may carry tokens: log the path without them.
+# Query strings may carry tokens: log the path without them, and redact what gunicorn
+# prints of a bad request line.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)ss'
+logger_class = "notifier.gunicorn_logging.RedactingLogger"
 
 
 def on_starting(server):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import click
@@ -106,6 +107,8 @@ def check_handshake(headers: Any) -> None:
     """Refuse a malformed WebSocket handshake with a JSON 400 instead of a failed upgrade."""
     if not headers.get("Sec-WebSocket-Key") or headers.get("Sec-WebSocket-Version") != "13":
         raise InvalidNotification("bad WebSocket handshake: Sec-WebSocket-Key and Sec-WebSocket-Version: 13 required")
+    if not all(value.isascii() for _, value in headers.items()):
+        raise InvalidNotification("bad WebSocket handshake: header values must be ASCII")
 
 
 def cors_headers(st: State) -> dict[str, str]:
@@ -199,7 +202,15 @@ def create_blueprint() -> Blueprint:
         except BaseException:
             st.hub.unsubscribe(sub)
             raise
-        transport_ws.serve(connection, st.hub, sub, st.settings.heartbeat, st.handle_client_message, replay, floor)
+        started = time.monotonic()
+        try:
+            transport_ws.serve(connection, st.hub, sub, st.settings.heartbeat, st.handle_client_message,
+                               replay, floor)
+        finally:
+            # gunicorn writes no access-log line for an upgraded connection: one line here
+            # (the path only: query strings may carry tokens).
+            log.info("websocket %s 101 closed %s after %.1fs", request.path,
+                     sub.close_code or "by client", time.monotonic() - started)
 
     @bp.get("/notifications")
     def notifications() -> Response:

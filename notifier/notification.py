@@ -63,7 +63,7 @@ def encode_fields(fields: dict[str, Any]) -> bytes:
     """
     try:
         return json.dumps(fields, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+    except (ValueError, TypeError, UnicodeEncodeError, RecursionError) as exc:
         raise InvalidNotification(f"notification cannot be encoded as JSON: {exc}") from None
 
 

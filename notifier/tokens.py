@@ -59,4 +59,8 @@ def verify_token(secret: str | None, token: str) -> Grant:
         raise Unauthorized("invalid token: sub must be a user id of 1-128 characters")
     if not isinstance(topics, list) or not all(isinstance(t, str) for t in topics):
         raise Unauthorized("invalid token: topics must be a list of strings")
-    return Grant(user_id, tuple(topics), float(claims["exp"]))
+    try:
+        expires_at = float(claims["exp"])
+    except (TypeError, ValueError, OverflowError):
+        raise Unauthorized("invalid token: exp must be a number of seconds") from None
+    return Grant(user_id, tuple(topics), expires_at)

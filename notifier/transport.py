@@ -73,6 +73,8 @@ def shutdown(sock: socket.socket) -> None:
     gunicorn logs as an error with a traceback; the raw socket's does not.
     """
     try:
-        getattr(sock, "_sock", sock).shutdown(socket.SHUT_RDWR)
+        while hasattr(sock, "_sock"):  # unwrap to the OS socket (a closed one raises EBADF)
+            sock = sock._sock
+        sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass

@@ -66,6 +66,40 @@ class QueueWake:
         return False
 
 
+class LingeringSocket:
+    """The connection's socket, closed the polite way: stop sending, read what is left, close.
+
+    simple-websocket closes right after sending a close frame (1009 for a message too
+    big); with the rest of that message still unread, the kernel answers with a reset
+    and the client never sees the close frame.
+    """
+
+    LINGER_SECONDS = 2.0
+    LINGER_BYTES = 8 * 1024 * 1024
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def close(self) -> None:
+        sock = self._sock
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            with gevent.Timeout(self.LINGER_SECONDS, False):
+                drained = 0
+                while drained < self.LINGER_BYTES:
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    drained += len(data)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+
 def json_frame(obj: dict) -> bytes:
     return ws_text_frame(json.dumps(obj, separators=(",", ":")).encode())
 
@@ -78,6 +112,7 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
     are skipped as already sent.
     """
     sock: socket.socket = ws.sock
+    ws.sock = LingeringSocket(sock)  # the reader closes through it
     running = [True]
     sub.on_cut = lambda: shut_later(sock, lambda: running[0])
     ws.event = QueueWake(sub, ws)
