@@ -181,7 +181,8 @@ def create_blueprint() -> Blueprint:
             st.hub.unsubscribe(sub)
             raise
         body = transport_sse.event_stream(
-            st.hub, sub, st.settings.heartbeat, request.environ.get("gunicorn.socket"), replay, floor
+            st.hub, sub, st.settings.heartbeat, request.environ.get("gunicorn.socket"), replay, floor,
+            chunked=request.environ.get("SERVER_PROTOCOL") == "HTTP/1.1",
         )
         # ClosingIterator: the subscriber is released even if the body is never started.
         body = ClosingIterator(body, [lambda: st.hub.unsubscribe(sub)])

@@ -78,10 +78,15 @@ def ws_text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
+def http_chunk(data: bytes) -> bytes:
+    """``data`` framed as one chunk of an HTTP/1.1 chunked body."""
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
 class Notification:
     """Immutable unit of delivery, with its WebSocket frame and SSE chunk built once."""
 
-    __slots__ = ("id", "target", "type", "body", "ws_frame", "sse_chunk")
+    __slots__ = ("id", "target", "type", "body", "ws_frame", "sse_chunk", "sse_chunked")
 
     def __init__(self, id: str, target: str, type: str, fields_json: bytes) -> None:
         self.id = id
@@ -91,6 +96,9 @@ class Notification:
         self.body = b'{"id":"' + id.encode() + b'",' + fields_json[1:]
         self.ws_frame = ws_text_frame(self.body)
         self.sse_chunk = b"id: " + id.encode() + b"\nevent: " + type.encode() + b"\ndata: " + self.body + b"\n\n"
+        # The same as one HTTP/1.1 chunk, for writing straight to the socket of a stream
+        # whose chunked framing the server would otherwise add.
+        self.sse_chunked = http_chunk(self.sse_chunk)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(self.body)

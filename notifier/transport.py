@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import gevent
 from gevent.queue import Empty, Queue
@@ -37,12 +37,15 @@ def drain(queue: Queue, first: object, attr: str, floor: str | None) -> tuple[li
     """Wire bytes (``attr``) of ``first`` and of whatever else is queued, up to a batch.
 
     Notifications up to ``floor`` were already sent from history at resume and are
-    skipped; once one beyond it passes, the floor is gone (ids arrive in order).
+    skipped; once one beyond it passes, the floor is gone (ids arrive in order). Bytes
+    in the queue are the rest of a direct write that did not fit: already wire-ready.
     """
     chunks: list[bytes] = []
     item = first
     while True:
-        if item is not WAKE and (floor is None or item.id > floor):
+        if type(item) is bytes:
+            chunks.append(item)
+        elif item is not WAKE and (floor is None or item.id > floor):
             chunks.append(getattr(item, attr))
             floor = None
         if len(chunks) >= MAX_BATCH:
@@ -51,6 +54,48 @@ def drain(queue: Queue, first: object, attr: str, floor: str | None) -> tuple[li
             item = queue.get_nowait()
         except Empty:
             return chunks, floor
+
+
+def os_socket(sock: Any) -> Any:
+    """The OS socket under gevent's (non-blocking: a send never waits)."""
+    while hasattr(sock, "_sock"):
+        sock = sock._sock
+    return sock
+
+
+def pump(sub: Subscriber, sock: Any, heartbeat: float, keepalive: bytes, floor: str | None,
+         extra: Callable[[], list[bytes] | None] | None = None) -> None:
+    """Move a subscriber's queue onto ``sock`` until it is closed: the loop of both transports.
+
+    While nothing is queued and no resume floor is left, the subscriber is ``idle`` and
+    the hub writes to its socket directly; any item in the queue wakes this loop, which
+    then drains everything into one write. ``extra`` adds replies (WebSocket client
+    messages) and returns None once the client has gone.
+    """
+    queue = sub.queue
+    wire = sub.wire
+    sub.out = os_socket(sock)
+    try:
+        while not sub.closed:
+            sub.idle = floor is None
+            try:
+                item = queue.get(timeout=wait_time(sub, heartbeat))
+            except Empty:
+                sub.idle = False
+                if not expire_if_due(sub):
+                    sock.sendall(keepalive)
+                continue
+            sub.idle = False
+            chunks, floor = drain(queue, item, wire, floor)
+            if extra is not None:
+                more = extra()
+                if more is None:
+                    return
+                chunks.extend(more)
+            if chunks:
+                sock.sendall(b"".join(chunks))
+    finally:
+        sub.idle = False
 
 
 def shut_later(sock: socket.socket | None, still_open: Callable[[], bool]) -> None:

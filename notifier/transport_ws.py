@@ -19,7 +19,7 @@ from simple_websocket import ConnectionClosed
 
 from .hub import POLICY, WAKE, Hub, Subscriber
 from .notification import Notification, ws_text_frame
-from .transport import drain, expire_if_due, shut_later, shutdown, wait_time
+from .transport import pump, shut_later, shutdown
 
 log = logging.getLogger(__name__)
 
@@ -117,30 +117,24 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
     sub.on_cut = lambda: shut_later(sock, lambda: running[0])
     ws.event = QueueWake(sub, ws)
     ws.event.set()  # a message may have arrived before the swap
-    queue = sub.queue
+
+    def replies() -> list[bytes] | None:
+        if not ws.connected:
+            log.debug("websocket closed by client (%s)", ws.close_reason)
+            return None
+        answers = [json_frame(on_message(sub, ws.input_buffer.pop(0)))
+                   for _ in range(min(len(ws.input_buffer), MESSAGES_PER_WAKE))]
+        if ws.input_buffer:
+            ws.event.set()  # more to answer: come back after others had their turn
+        return answers
+
     try:
         if replay:
             sock.sendall(b"".join(n.ws_frame for n in replay))
-        while True:
-            try:
-                item = queue.get(timeout=wait_time(sub, heartbeat))
-            except Empty:
-                if not expire_if_due(sub):
-                    sock.sendall(PING)
-                continue
-            chunks, floor = drain(queue, item, "ws_frame", floor)
-            for _ in range(min(len(ws.input_buffer), MESSAGES_PER_WAKE)):
-                chunks.append(json_frame(on_message(sub, ws.input_buffer.pop(0))))
-            if ws.input_buffer:
-                ws.event.set()  # more to answer: come back after others had their turn
-            if chunks:
-                sock.sendall(b"".join(chunks))
-            if sub.closed:
-                close(ws, sub.close_code or 1000, sub.close_reason)
-                return
-            if not ws.connected:
-                log.debug("websocket closed by client (%s)", ws.close_reason)
-                return
+        sub.wire = "ws_frame"
+        pump(sub, sock, heartbeat, PING, floor, replies)
+        if sub.closed:
+            close(ws, sub.close_code or 1000, sub.close_reason)
     except (OSError, ConnectionClosed) as exc:
         log.debug("websocket write failed: %s", exc)
     finally:

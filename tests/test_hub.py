@@ -93,3 +93,36 @@ def test_counts_by_transport():
     hub = Hub()
     hub.subscribe("ws"), hub.subscribe("ws"), hub.subscribe("sse")
     assert (hub.count(), hub.count("ws"), hub.count("sse")) == (3, 2, 1)
+
+
+def test_an_idle_subscriber_gets_notifications_written_straight_to_its_socket():
+    import socket
+
+    out, peer = socket.socketpair()
+    out.setblocking(False)
+    hub = Hub()
+    sub = hub.subscribe("ws")
+    sub.out, sub.idle = out, True
+    assert hub.dispatch(note(1)) == 1
+    assert peer.recv(65536) == note(1).ws_frame
+    assert sub.queue.empty() and sub.idle  # no wake-up for the writer
+
+
+def test_a_direct_write_that_does_not_fit_goes_on_through_the_queue_in_order():
+    import socket
+
+    from notifier.transport import drain
+
+    out, peer = socket.socketpair()
+    out.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    out.setblocking(False)
+    hub = Hub()
+    sub = hub.subscribe("ws")
+    sub.out, sub.idle = out, True
+    big = Notification(format_id(1_700_000_000_000, 1), BROADCAST, "t", encode_fields({"message": "x" * 500_000}))
+    hub.dispatch(big)
+    assert not sub.idle  # the writer takes over
+    hub.dispatch(note(2))
+    received = peer.recv(1_000_000)
+    chunks, _ = drain(sub.queue, sub.queue.get_nowait(), "ws_frame", None)
+    assert received + b"".join(chunks) == big.ws_frame + note(2).ws_frame
