@@ -94,7 +94,6 @@ def pump(sub: Subscriber, sock: Any, heartbeat: float, keepalive: bytes, floor: 
                 chunks.extend(more)
             if chunks:
                 sock.sendall(b"".join(chunks))
-                sub.last_write = time.monotonic()
     finally:
         sub.idle = False
 

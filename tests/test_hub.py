@@ -126,3 +126,26 @@ def test_a_direct_write_that_does_not_fit_goes_on_through_the_queue_in_order():
     received = peer.recv(1_000_000)
     chunks, _ = drain(sub.queue, sub.queue.get_nowait(), "ws_frame", None)
     assert received + b"".join(chunks) == big.ws_frame + note(2).ws_frame
+
+
+def test_a_queued_notification_is_never_overtaken_by_a_direct_write():
+    import socket
+
+    import notifier.hub as hub_module
+
+    out, peer = socket.socketpair()
+    out.setblocking(False)
+    hub = Hub()
+    sub = hub.subscribe("ws")
+    sub.out, sub.idle = out, True
+    hub._last_dispatch = 1e18  # a burst: this one goes through the queue
+    hub.dispatch(note(1))
+    hub._last_dispatch = -hub_module.DIRECT_GAP  # a quiet gap: direct writes allowed again
+    hub.dispatch(note(2))  # but the writer has not drained note 1 yet
+    peer.setblocking(False)
+    try:
+        overtaken = peer.recv(65536)
+    except BlockingIOError:
+        overtaken = b""
+    assert overtaken == b""
+    assert [n.id for n in queued(sub)] == [note(1).id, note(2).id]
