@@ -1,13 +1,16 @@
 """gunicorn settings for notifier; values in GUNICORN_CMD_ARGS override these, as gunicorn documents."""
 import os
 
+from notifier.config import Settings
+
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_class = "gevent"
 
 # Every open WebSocket/SSE connection holds one of these slots for its whole life;
 # gunicorn's default (1000) would cap a worker at 1000 subscribers.
-worker_connections = int(os.environ.get("NOTIFIER_WORKER_CONNECTIONS", "10000"))
+# notifier keeps a reserve of them for publishes and health checks (Settings.max_subscribers).
+worker_connections = Settings.load().worker_connections
 # The gevent worker heartbeats from its own greenlet, so long-lived connections never
 # trip this; it only catches a worker whose event loop is truly stuck.
 timeout = 30

@@ -25,6 +25,7 @@ from .errors import (
     PayloadTooLarge,
     TooManyRequests,
     UnsupportedMediaType,
+    WorkerFull,
 )
 from .hub import TOO_SLOW, Subscriber, entitled_keys
 from .openapi import spec
@@ -90,6 +91,8 @@ class SubscribeRequest:
         )
         self.user_id = self.grant.user_id if self.grant is not None else st.identify_user()
         self.topics = subscriber_topics(settings, request.args.getlist("topic"), self.grant)
+        if check_limits and len(st.hub) >= settings.max_subscribers:
+            raise WorkerFull(f"this worker is full ({settings.max_subscribers} subscribers): retry, or add workers")
         if check_limits and self.user_id is not None:
             if st.hub.user_connections(self.user_id) >= settings.max_connections_per_user:
                 raise TooManyRequests(
@@ -137,7 +140,7 @@ def create_blueprint() -> Blueprint:
     @bp.errorhandler(NotifierError)
     def notifier_error(exc: NotifierError) -> Response:
         response = error(exc.status, exc.message)
-        if isinstance(exc, TooManyRequests):
+        if isinstance(exc, (TooManyRequests, WorkerFull)):
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
 

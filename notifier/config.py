@@ -58,6 +58,13 @@ class Settings:
     max_topics: int
     max_connections_per_user: int
     publish_rate: int
+    worker_connections: int
+
+    @property
+    def max_subscribers(self) -> int:
+        """Subscribers one worker takes: gunicorn's worker_connections less a reserve, so
+        publishes and health checks still get a connection slot when subscribers are many."""
+        return max(1, self.worker_connections - max(10, self.worker_connections // 20))
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None) -> "Settings":
@@ -80,6 +87,7 @@ class Settings:
             max_topics=_number(config, "NOTIFIER_MAX_TOPICS", 100),
             max_connections_per_user=_number(config, "NOTIFIER_MAX_CONNECTIONS_PER_USER", 50),
             publish_rate=_number(config, "NOTIFIER_PUBLISH_RATE", 500),
+            worker_connections=_number(config, "NOTIFIER_WORKER_CONNECTIONS", 10000, minimum=20),
         )
 
 

@@ -56,3 +56,10 @@ class TooManyRequests(NotifierError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class WorkerFull(NotifierError):
+    """This worker holds as many subscribers as it may: the client should retry (503)."""
+
+    status = 503
+    retry_after = 1

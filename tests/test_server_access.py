@@ -249,3 +249,14 @@ def test_issue_token_from_python():
         minted = n.issue_token("frank", topics=["private-a"], ttl=30)
     claims = jwt.decode(minted, SECRET, algorithms=["HS256"])
     assert claims["sub"] == "frank" and claims["topics"] == ["private-a"]
+
+
+def test_a_full_worker_refuses_subscribers_but_still_publishes(notifier_server, closing):
+    server = notifier_server(workers=1, env={"NOTIFIER_WORKER_CONNECTIONS": 30})  # room for 20 subscribers
+    clients = [closing(open_client(server, "ws" if i % 2 else "sse")) for i in range(20)]
+    refused(server, "sse", 503)
+    refused(server, "ws", 503)
+    sync_subscribers(server.url, clients[:2])
+    nid = publish(server.url, title="still publishing")
+    assert all(c.next_notification(5)["id"] == nid for c in clients[2:4])
+    assert requests.get(server.url + "/readyz", timeout=5).status_code == 200
