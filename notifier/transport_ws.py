@@ -14,7 +14,7 @@ import socket
 from typing import Any, Callable, Sequence
 
 import gevent
-from gevent.queue import Empty, Full, Queue
+from gevent.queue import Full
 from simple_websocket import ConnectionClosed
 
 from .hub import POLICY, WAKE, Hub, Subscriber
