@@ -100,8 +100,5 @@ class Notification:
         # whose chunked framing the server would otherwise add.
         self.sse_chunked = http_chunk(self.sse_chunk)
 
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(self.body)
-
     def __repr__(self) -> str:
         return f"Notification(id={self.id!r}, target={self.target!r}, type={self.type!r})"

@@ -118,8 +118,6 @@ def shutdown(sock: socket.socket) -> None:
     gunicorn logs as an error with a traceback; the raw socket's does not.
     """
     try:
-        while hasattr(sock, "_sock"):  # unwrap to the OS socket (a closed one raises EBADF)
-            sock = sock._sock
-        sock.shutdown(socket.SHUT_RDWR)
+        os_socket(sock).shutdown(socket.SHUT_RDWR)  # unwrapping a closed one raises EBADF
     except OSError:
         pass
