@@ -59,6 +59,7 @@ class Settings:
     max_connections_per_user: int
     publish_rate: int
     worker_connections: int
+    flush_interval: float
 
     @property
     def max_subscribers(self) -> int:
@@ -88,6 +89,7 @@ class Settings:
             max_connections_per_user=_number(config, "NOTIFIER_MAX_CONNECTIONS_PER_USER", 50),
             publish_rate=_number(config, "NOTIFIER_PUBLISH_RATE", 500),
             worker_connections=_number(config, "NOTIFIER_WORKER_CONNECTIONS", 10000, minimum=20),
+            flush_interval=_number(config, "NOTIFIER_FLUSH_INTERVAL", 0.025, float, minimum=0.0),
         )
 
 

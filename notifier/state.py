@@ -28,7 +28,7 @@ class State:
 
     def __init__(self, settings: Settings, identify: Identify | None = None) -> None:
         self.settings = settings
-        self.hub = Hub(settings.queue_size)
+        self.hub = Hub(settings.queue_size, settings.flush_interval)
         self.broker = create_broker(settings)
         self.rate_limiter = create_rate_limiter(settings.publish_rate, self.broker, settings.prefix)
         self.identify = identify
