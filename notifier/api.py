@@ -157,6 +157,7 @@ def create_blueprint() -> Blueprint:
             # Everything that can refuse a WebSocket happens here, before the upgrade
             # (a NotifierError raised here becomes its JSON error response).
             check_handshake(request.headers)
+            g.notifier_ws = True  # simple-websocket starts no reader: transport_ws reads
             g.notifier_request = SubscribeRequest(st)
             g.notifier_last_id = check_last_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
             # permessage-deflate costs ~170 KB and 2x CPU per connection: never offer it.
@@ -202,6 +203,7 @@ def create_blueprint() -> Blueprint:
         except NotifierError as exc:
             st.hub.unsubscribe(sub)
             transport_ws.close(connection, TOO_SLOW, exc.message)  # 1013: try again later
+            transport_ws.finish(connection)
             return
         except BaseException:
             st.hub.unsubscribe(sub)

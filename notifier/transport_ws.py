@@ -1,31 +1,34 @@
-"""WebSocket: moves a subscriber's queue onto a flask-sock connection.
+"""WebSocket: moves a subscriber's queue onto a flask-sock connection, with one greenlet.
 
-flask-sock (simple-websocket) already runs a reader greenlet per connection; instead of
-a third greenlet for client messages, the reader's wake-up event is pointed at the
-subscriber's queue, so one writer greenlet handles notifications, client actions and
-pings. Notifications are written as frames built once per worker (``ws_frame``), many
-at a time, with ``sendall``.
+simple-websocket would start a reader greenlet per connection; for notifier's /ws it
+starts none (``ReaderThread``): the writer greenlet also reads, when an I/O watcher on
+the socket says there is something to read, so one greenlet handles notifications,
+client actions and pings. Notifications are written as frames built once per worker
+(``ws_frame``), many at a time, or straight from the hub's flush while the writer idles.
 """
 from __future__ import annotations
 
 import json
 import logging
 import socket
+import threading
 from typing import Any, Callable, Sequence
 
 import gevent
+from flask import g, has_request_context
 from gevent.queue import Full
 from simple_websocket import ConnectionClosed
+from wsproto.utilities import LocalProtocolError
 
 from .hub import POLICY, WAKE, Hub, Subscriber
 from .notification import Notification, ws_text_frame
-from .transport import pump, shut_later, shutdown
+from .transport import os_socket, pump, shut_later
 
 log = logging.getLogger(__name__)
 
 PING = b"\x89\x00"
 CLOSE_WRITE_TIMEOUT = 1.0
-CLOSE_WAIT = 2.0
+RECEIVE_BYTES = 65536
 
 OnMessage = Callable[[Subscriber, Any], dict]
 
@@ -35,35 +38,52 @@ MAX_PENDING_MESSAGES = 64
 MESSAGES_PER_WAKE = 16
 
 
-class QueueWake:
-    """Stands in for simple-websocket's ``event``: its ``set()`` wakes our writer instead.
+class _NoThread:
+    """What simple-websocket starts as its reader for notifier's /ws: nothing."""
 
-    simple-websocket's reader calls it once per message and does not yield while data
-    keeps arriving, so it yields here, and cuts a client whose messages pile up.
-    """
+    name = "notifier-ws"
 
-    def __init__(self, sub: Subscriber, ws: Any) -> None:
-        self.sub, self.ws = sub, ws
+    def start(self) -> None:
+        pass
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+
+class _NoEvent:
+    """simple-websocket's wake-up event, unused: the writer reads and answers itself."""
 
     def set(self) -> None:
-        if len(self.ws.input_buffer) > MAX_PENDING_MESSAGES:
-            self.ws.input_buffer.clear()
-            self.sub.close(POLICY, "too many messages")
-        else:
-            try:
-                self.sub.queue.put_nowait(WAKE)
-            except Full:
-                pass  # the writer is awake already
-        gevent.sleep(0)
+        pass
 
     def clear(self) -> None:
         pass
 
-    def is_set(self) -> bool:
-        return False
 
-    def wait(self, timeout: float | None = None) -> bool:
-        return False
+NO_EVENT = _NoEvent()
+
+
+class ReaderThread:
+    """simple-websocket's ``thread_class``: no reader for notifier's /ws, the usual one elsewhere.
+
+    Set in ``SOCK_SERVER_OPTIONS`` by ``Notifier.init_app``; a host app's own flask-sock
+    routes keep their reader (``base``, or ``threading.Thread`` as simple-websocket uses).
+    """
+
+    def __init__(self, base: Any = None) -> None:
+        self.base = base
+
+    def __call__(self, target: Callable[[], None]) -> Any:
+        if has_request_context() and g.get("notifier_ws"):
+            return _NoThread()
+        return (self.base or threading.Thread)(target=target)
+
+
+def install_reader(options: dict) -> None:
+    """Make flask-sock's ``SOCK_SERVER_OPTIONS`` start no reader greenlet for notifier's /ws."""
+    base = options.get("thread_class")
+    if not isinstance(base, ReaderThread):
+        options["thread_class"] = ReaderThread(base)
 
 
 class LingeringSocket:
@@ -112,26 +132,56 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
     are skipped as already sent.
     """
     sock: socket.socket = ws.sock
-    ws.sock = LingeringSocket(sock)  # the reader closes through it
+    ws.sock = LingeringSocket(sock)  # closed the polite way in finish()
+    ws.event = NO_EVENT
+    raw = os_socket(sock)
     running = [True]
     sub.on_cut = lambda: shut_later(sock, lambda: running[0])
-    ws.event = QueueWake(sub, ws)
-    ws.event.set()  # a message may have arrived before the swap
+    watcher = gevent.get_hub().loop.io(raw.fileno(), 1)
+    readable = [False]
+
+    def on_readable() -> None:  # a loop callback: note it, wake the writer
+        watcher.stop()
+        readable[0] = True
+        try:
+            sub.queue.put_nowait(WAKE)
+        except Full:
+            pass  # the writer is awake anyway: it has a full queue to drain
 
     def replies() -> list[bytes] | None:
-        if not ws.connected:
-            log.debug("websocket closed by client (%s)", ws.close_reason)
-            return None
+        """Read what the client sent (if anything) and answer its messages; None once it has gone."""
+        if readable[0]:
+            readable[0] = False
+            try:
+                data = raw.recv(RECEIVE_BYTES)
+                if not data:
+                    return None
+                ws.ws.receive_data(data)
+                ws.connected = ws._handle_events()  # answers pings and closes, fills input_buffer
+            except BlockingIOError:
+                pass
+            except (OSError, LocalProtocolError):
+                return None
+            if not ws.connected:
+                log.debug("websocket closed by client (%s)", ws.close_reason)
+                return None
+            if len(ws.input_buffer) > MAX_PENDING_MESSAGES:
+                ws.input_buffer.clear()
+                sub.close(POLICY, "too many messages")
+                return []
         answers = [json_frame(on_message(sub, ws.input_buffer.pop(0)))
                    for _ in range(min(len(ws.input_buffer), MESSAGES_PER_WAKE))]
-        if ws.input_buffer:
-            ws.event.set()  # more to answer: come back after others had their turn
+        if ws.input_buffer:  # more to answer: come back after others had their turn
+            sub.queue.put_nowait(WAKE)
+        elif not readable[0]:
+            watcher.start(on_readable)
         return answers
 
     try:
         if replay:
             sock.sendall(b"".join(n.ws_frame for n in replay))
         sub.wire = "ws_frame"
+        watcher.start(on_readable)
         pump(sub, sock, heartbeat, PING, floor, replies)
         if sub.closed:
             close(ws, sub.close_code or 1000, sub.close_reason)
@@ -139,6 +189,7 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
         log.debug("websocket write failed: %s", exc)
     finally:
         running[0] = False
+        watcher.close()
         hub.unsubscribe(sub)
         finish(ws)
 
@@ -153,8 +204,6 @@ def close(ws: Any, code: int, reason: str) -> None:
 
 
 def finish(ws: Any) -> None:
-    """Give the peer a moment to answer the close, then make sure the reader ends."""
-    thread = getattr(ws, "thread", None)
-    if thread is not None:
-        thread.join(timeout=CLOSE_WAIT)
-    shutdown(ws.sock)
+    """Give the peer a moment to answer the close, then close the socket."""
+    ws.connected = False
+    ws.sock.close()

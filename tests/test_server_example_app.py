@@ -93,3 +93,20 @@ def test_host_app_code_publishes_from_python_to_the_session_user(server, closing
 
     sentinel = pub(server, title="sentinel")
     assert bob_sse.next_notification(5)["id"] == sentinel, "bob must not get alice's order"
+
+
+def test_a_host_websocket_route_keeps_its_reader_next_to_notifiers(notifier_server, closing):
+    import websocket
+
+    server = notifier_server(workers=1, app="tests.apps.host_sock_app:app", prefix="/n")
+    sub = closing(WSClient(server.url, path="/n/ws"))
+    sync_subscribers(server.url, [sub], path="/n/notify")
+    echo = websocket.create_connection(server.url.replace("http", "ws", 1) + "/echo", timeout=5)
+    try:
+        for text in ("one", "two"):
+            echo.send(text)
+            assert echo.recv() == "echo:" + text
+    finally:
+        echo.close()
+    nid = publish(server.url, path="/n/notify", title="still here")
+    assert sub.next_notification(5)["id"] == nid
