@@ -20,8 +20,8 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 import gevent
-from gevent.queue import Full, Queue
 
+from .inbox import Full, Inbox
 from .notification import BROADCAST, Notification, user_key
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Subscriber:
     def __init__(self, transport: str, user_id: str | None, topics: Iterable[str], queue_size: int) -> None:
         self.transport = transport
         self.user_id = user_id
-        self.queue: Queue = Queue(maxsize=queue_size)
+        self.queue = Inbox(queue_size)
         self.keys = entitled_keys(user_id, topics)
         self.close_code: int | None = None
         self.close_reason = ""

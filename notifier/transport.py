@@ -7,9 +7,10 @@ import time
 from typing import Any, Callable
 
 import gevent
-from gevent.queue import Empty, Queue
+from gevent.queue import Empty
 
 from .hub import POLICY, WAKE, Subscriber
+from .inbox import Inbox
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def expire_if_due(sub: Subscriber) -> bool:
     return False
 
 
-def drain(queue: Queue, first: object, attr: str, floor: str | None) -> tuple[list[bytes], str | None]:
+def drain(queue: Inbox, first: object, attr: str, floor: str | None) -> tuple[list[bytes], str | None]:
     """Wire bytes (``attr``) of ``first`` and of whatever else is queued, up to a batch.
 
     Notifications up to ``floor`` were already sent from history at resume and are

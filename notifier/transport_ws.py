@@ -172,7 +172,10 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
         answers = [json_frame(on_message(sub, ws.input_buffer.pop(0)))
                    for _ in range(min(len(ws.input_buffer), MESSAGES_PER_WAKE))]
         if ws.input_buffer:  # more to answer: come back after others had their turn
-            sub.queue.put_nowait(WAKE)
+            try:
+                sub.queue.put_nowait(WAKE)
+            except Full:
+                pass  # a full queue wakes the writer anyway
         elif not readable[0]:
             watcher.start(on_readable)
         return answers
