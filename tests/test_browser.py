@@ -1,0 +1,321 @@
+"""The browser client (/notifier.js) and the demo page (/demo) in real headless Chromium.
+
+Debian's /usr/bin/chromium, driven by Playwright (scripts/test installs chromium when it is
+missing; Playwright's own browser downloads are never used). The servers are real gunicorn
+with gevent workers on a real redis-server. Every wait has a timeout: Playwright's
+``expect`` (10 s here) or an explicit deadline.
+
+A page has "connected" once its WebSocket is open, which can be a moment before the server
+has registered the subscriber: ``sync_page`` publishes markers until the page has one,
+as ``clients.sync_subscribers`` does for the test clients (markers are left out of what
+the tests read from the page).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+import requests
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect, sync_playwright
+
+from clients import SYNC_TYPE, publish
+from conftest import free_port
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+WAIT_MS = 10_000
+PREFIX = "/notifier"
+
+expect.set_options(timeout=WAIT_MS)
+
+# The notifications the demo shows, newest first, without the sync markers.
+SHOWN = """() => [...document.querySelectorAll('#notifications li')]
+  .filter((li) => li.dataset.type !== %r)
+  .map((li) => ({id: li.dataset.id, type: li.dataset.type,
+                 title: li.querySelector('.title').firstChild?.nodeType === 3
+                        ? li.querySelector('.title').firstChild.textContent : '',
+                 message: li.querySelector('.message').textContent,
+                 time: li.querySelector('time').textContent,
+                 ts: li.querySelector('time').dateTime}))""" % SYNC_TYPE
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"{CHROMIUM} is missing: run scripts/test, which installs chromium")
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context and page; fails the test if the page threw an uncaught error."""
+    context = browser.new_context()
+    context.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page = context.new_page()
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture(scope="module")
+def server(server_factory, module_redis):
+    """Two gevent workers on Redis: the page sits on one, publishes fan out through Redis."""
+    return server_factory(workers=2, redis=module_redis)
+
+
+def open_demo(page, base_url: str, query: str = "", transport: str = "websocket") -> None:
+    page.goto(base_url + "/demo" + query)
+    expect(page.locator("#state")).to_have_text("connected")
+    expect(page.locator("#transport")).to_have_text(f"· {transport}")
+
+
+def sync_page(page, base_url: str, timeout: float = 10.0) -> None:
+    """Publish markers until the page has received one: its subscriber is registered."""
+    deadline = time.monotonic() + timeout
+    while True:
+        publish(base_url, type=SYNC_TYPE, title="sync")
+        try:
+            page.wait_for_function(f"document.querySelector('li[data-type=\"{SYNC_TYPE}\"]') !== null",
+                                   timeout=500)
+            return
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the page never received a sync marker within {timeout}s") from None
+
+
+def shown(page) -> list[dict]:
+    return page.evaluate(SHOWN)
+
+
+def titles(page) -> list[str]:
+    return [n["title"] for n in shown(page)]
+
+
+def wait_title(page, title: str) -> None:
+    expect(page.locator("#notifications li .title", has_text=title)).to_have_count(1)
+
+
+def client_stats(page) -> dict:
+    return page.evaluate("() => window.notifierClient.stats")
+
+
+# --------------------------------------------------------------------------------------
+# the files
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, content_type", [
+    ("/notifier.js", "text/javascript"), ("/notifier.d.ts", "application/typescript"), ("/demo", "text/html"),
+])
+def test_browser_files_are_served_with_their_type_and_revalidate(server, path, content_type):
+    r = requests.get(server.url + path, timeout=5)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith(content_type), r.headers
+    assert r.content == (ROOT / "notifier" / "static" / {"/demo": "demo.html"}.get(path, path[1:])).read_bytes()
+    assert "no-cache" in r.headers["Cache-Control"] and r.headers["ETag"], r.headers
+    again = requests.get(server.url + path, headers={"If-None-Match": r.headers["ETag"]}, timeout=5)
+    assert again.status_code == 304
+
+
+def test_a_wrong_file_name_is_a_json_404(server):
+    r = requests.get(server.url + "/notifier.jsx", timeout=5)
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_the_package_ships_every_browser_file():
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["notifier"]
+    files = [p.relative_to(ROOT / "notifier").as_posix() for p in (ROOT / "notifier" / "static").iterdir()]
+    assert {"static/notifier.js", "static/notifier.d.ts", "static/demo.html"} <= set(files)
+    assert all(any(fnmatch(f, g) for g in globs) for f in files), (files, globs)
+
+
+# --------------------------------------------------------------------------------------
+# the page in Chromium
+# --------------------------------------------------------------------------------------
+
+
+def test_page_connects_over_websocket_and_shows_notifications_newest_first(server, page):
+    open_demo(page, server.url)
+    assert page.evaluate("() => window.notifierClient.transport") == "websocket"
+    sync_page(page, server.url)
+    first = publish(server.url, type="deploy.finished", title="Deploy finished", message="v42 is live")
+    second = publish(server.url, title="Second", message="newest on top")
+    wait_title(page, "Second")
+    got = shown(page)
+    assert [n["id"] for n in got] == [second, first]
+    assert got[1]["type"] == "deploy.finished" and got[1]["title"] == "Deploy finished"
+    assert got[1]["message"] == "v42 is live"
+    assert got[1]["ts"].endswith("Z") and got[1]["time"], got[1]  # ts from the server, shown as a local time
+
+
+def test_demo_form_publishes_through_post_notify(server, page):
+    open_demo(page, server.url)
+    sync_page(page, server.url)
+    page.fill("#type", "demo.form")
+    page.fill("#title", "From the form")
+    page.fill("#message", "typed in the page")
+    page.click("#publish button[type=submit]")
+    expect(page.locator("#publish-status")).to_have_text(re.compile(r"^published \d{13}-\d{6}$"))
+    published_id = page.get_attribute("#publish-status", "data-id")
+    expect(page.locator(f'#notifications li[data-id="{published_id}"] .title')).to_have_text("From the form")
+    # it went through the server: it is in history, as published
+    history = requests.get(server.url + "/notifications?limit=20", timeout=5).json()["notifications"]
+    stored = next(n for n in history if n["id"] == published_id)
+    assert (stored["type"], stored["title"], stored["message"]) == ("demo.form", "From the form", "typed in the page")
+    # bad input: the server's JSON error is shown, nothing is published
+    page.fill("#title", "")
+    page.fill("#message", "")
+    page.click("#publish button[type=submit]")
+    expect(page.locator("#publish-status")).to_have_text("at least one of title, message is required")
+    expect(page.locator("#publish-status")).to_have_class("note error")
+
+
+def test_subscribing_from_the_page_gets_that_topic_and_unsubscribing_stops_it(server, page):
+    open_demo(page, server.url)
+    sync_page(page, server.url)
+    page.fill("#sub-topic", "orders")
+    page.click("#subscribe button[type=submit]")
+    expect(page.locator("#subscribe-status")).to_have_text("subscribed to orders")  # the server's ack
+    expect(page.locator('#topics .chip[data-topic="orders"]')).to_have_count(1)
+    publish(server.url, topic="orders", type="order.created", title="Order 17")
+    publish(server.url, topic="billing", title="Invoice")
+    publish(server.url, title="Broadcast")
+    wait_title(page, "Broadcast")  # in publish order: anything for billing would be here by now
+    assert titles(page) == ["Broadcast", "Order 17"]
+    page.click('#topics .chip[data-topic="orders"] button')
+    expect(page.locator("#subscribe-status")).to_have_text("unsubscribed from orders")
+    publish(server.url, topic="orders", title="Order 18")
+    publish(server.url, title="End")
+    wait_title(page, "End")
+    assert titles(page) == ["End", "Broadcast", "Order 17"]
+
+
+BLOCKERS = {
+    # a firewall that refuses the connection
+    "refused": "window.WebSocket = new Proxy(window.WebSocket, {construct(Real, args) {"
+               " window.__wsAttempts = (window.__wsAttempts || 0) + 1;"
+               " return new Real('ws://127.0.0.1:%(port)d/ws'); }});",
+    # a proxy that answers the upgrade with plain HTTP
+    "not upgraded": "window.WebSocket = new Proxy(window.WebSocket, {construct(Real, args) {"
+                    " window.__wsAttempts = (window.__wsAttempts || 0) + 1;"
+                    r" return new Real(args[0].replace(/\/ws(\?|$)/, '/healthz$1')); }});",
+    # no WebSocket at all
+    "missing": "delete window.WebSocket; window.__wsAttempts = 1;",
+}
+
+
+@pytest.mark.parametrize("blocker", list(BLOCKERS))
+def test_blocked_websocket_falls_back_to_sse_and_still_gets_everything(server, page, blocker):
+    page.add_init_script(BLOCKERS[blocker] % {"port": free_port()})
+    open_demo(page, server.url, transport="sse")
+    assert page.evaluate("() => window.__wsAttempts") >= 1  # it did try WebSocket first
+    sync_page(page, server.url)
+    publish(server.url, title="Over SSE", message="no WebSocket needed")
+    wait_title(page, "Over SSE")
+    # subscribe on SSE: a new stream with the new topic list, resuming from the last id
+    page.fill("#sub-topic", "orders")
+    page.click("#subscribe button[type=submit]")
+    expect(page.locator("#subscribe-status")).to_have_text("subscribed to orders")
+    expect(page.locator("#transport")).to_have_text("· sse")
+    publish(server.url, topic="orders", title="Order over SSE")
+    publish(server.url, title="Last")
+    wait_title(page, "Last")
+    assert titles(page) == ["Last", "Order over SSE", "Over SSE"]
+    assert client_stats(page)["duplicates"] == 0
+
+
+def test_page_resumes_after_a_server_restart_without_loss_or_duplicate(notifier_server, redis_server, page):
+    main = notifier_server(redis=redis_server)
+    other = notifier_server(redis=redis_server)  # same Redis: publishes while main is down
+    open_demo(page, main.url, "?max_delay=1000")
+    sync_page(page, main.url)
+    before = publish(main.url, title="before")
+    wait_title(page, "before")
+
+    main.stop()  # SIGTERM: the page gets 1001 and retries with backoff
+    expect(page.locator("#state")).not_to_have_text("connected")
+    missed = [publish(other.url, title=f"while down {i}") for i in (1, 2, 3)]
+    main.start()
+
+    expect(page.locator("#state")).to_have_text("connected")
+    wait_title(page, "while down 3")
+    after = publish(main.url, title="after")
+    wait_title(page, "after")
+    got = shown(page)
+    assert [n["id"] for n in got] == [after, *reversed(missed), before]
+    assert [n["title"] for n in got] == ["after", "while down 3", "while down 2", "while down 1", "before"]
+    stats = client_stats(page)
+    assert stats["duplicates"] == 0, stats  # the server sent nothing twice either
+    assert stats["connects"] >= 2, stats
+
+
+def test_a_resume_point_gone_from_history_fires_reset_then_live(server, page):
+    """The client API directly: a stale lastEventId gets "reset" (not a notification), then live ones."""
+    open_demo(page, server.url)
+    page.evaluate("""() => {
+        window.seen = [];
+        const client = new Notifier({lastEventId: '0000000000001-000000'});
+        client.on('reset', (n) => window.seen.push(['reset', n.id, n.data.last_event_id]));
+        client.on('notification', (n) => window.seen.push(['notification', n.id, n.title]));
+        client.on('notification:late.one', (n) => window.seen.push(['late.one', n.id]));
+        client.connect();
+        window.resetClient = client;
+    }""")
+    page.wait_for_function("window.seen.length >= 1")
+    kind, reset_id, stale = page.evaluate("window.seen[0]")
+    assert (kind, stale) == ("reset", "0000000000001-000000")
+    assert page.evaluate("window.resetClient.lastEventId") == reset_id  # resumes from there next time
+    deadline = time.monotonic() + 10
+    while not page.evaluate("window.seen.some((s) => s[0] === 'notification')"):  # registered yet?
+        assert time.monotonic() < deadline, "no live notification after the reset"
+        publish(server.url, type="late.one", title="live")
+        page.wait_for_timeout(300)
+    seen = page.evaluate("window.seen")
+    live = [s for s in seen if s[0] == "notification"]
+    assert all(s[2] == "live" for s in live) and [s[1] for s in seen if s[0] == "late.one"] == [s[1] for s in live]
+
+
+def test_demo_in_an_existing_app_under_a_url_prefix(server_factory, page):
+    app = server_factory(app="examples.flask_app:app", prefix=PREFIX)
+    open_demo(page, app.url + PREFIX)
+    assert page.evaluate("() => window.notifierClient.url") == app.url + PREFIX + "/"
+    sync_page(page, app.url + PREFIX)
+    page.fill("#title", "Mounted")
+    page.click("#publish button[type=submit]")
+    wait_title(page, "Mounted")
+
+
+def test_redis_restarted_empty_closes_with_1012_and_the_page_shows_a_reset_then_goes_on(
+        notifier_server, redis_server, page):
+    server = notifier_server(redis=redis_server)
+    open_demo(page, server.url, "?max_delay=1000")
+    page.evaluate("""() => { window.closeCodes = [];
+        window.notifierClient.on('state', (state, info) => {
+            if (state === 'disconnected') window.closeCodes.push(info.code); }); }""")
+    sync_page(page, server.url)
+    publish(server.url, title="before")
+    wait_title(page, "before")
+    redis_server.stop()
+    redis_server.start()  # no persistence: history is gone, and the page's resume point with it
+    expect(page.locator("#notifications li.reset")).to_have_count(1)  # notifier.reset, shown as such
+    assert 1012 in page.evaluate("window.closeCodes")
+    expect(page.locator("#state")).to_have_text("connected")
+    publish(server.url, title="after the reset")
+    wait_title(page, "after the reset")
+    assert titles(page)[0] == "after the reset"
+    assert client_stats(page)["duplicates"] == 0
