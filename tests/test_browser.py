@@ -13,7 +13,9 @@ the tests read from the page).
 
 from __future__ import annotations
 
+import http.server
 import re
+import threading
 import time
 import tomllib
 from fnmatch import fnmatch
@@ -319,3 +321,61 @@ def test_redis_restarted_empty_closes_with_1012_and_the_page_shows_a_reset_then_
     wait_title(page, "after the reset")
     assert titles(page)[0] == "after the reset"
     assert client_stats(page)["duplicates"] == 0
+
+
+
+CROSS_ORIGIN_PAGE = """<!doctype html><title>idle</title>
+<script src="%(server)s/notifier.js"></script>
+<script>
+  window.seen = [];
+  const notifier = new Notifier({ transports: [new URLSearchParams(location.search).get("transport")] });
+  notifier.on("notification", (n) => window.seen.push(n.title));
+  notifier.on("state", (state) => { document.title = state; });
+  notifier.connect();
+  window.notifierClient = notifier;
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def other_origin(server):
+    """A second HTTP server on another port (another origin) serving a page that uses the server's notifier.js.
+
+    A real loopback server, not a Playwright route: Chromium lets only loopback pages reach loopback.
+    """
+    body = (CROSS_ORIGIN_PAGE % {"server": server.url}).encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_the_readme_snippet_works_from_a_page_on_another_origin(server, other_origin, page, transport):
+    page.goto(f"{other_origin}/app?transport={transport}")
+    expect(page).to_have_title("connected")
+    assert page.evaluate("window.notifierClient.url") == server.url + "/"  # from the script's src
+    assert page.evaluate("window.notifierClient.transport") == transport
+    deadline = time.monotonic() + 10
+    while not page.evaluate("window.seen.length"):
+        assert time.monotonic() < deadline, "nothing received by the page of the other origin"
+        publish(server.url, title="sync")
+        page.wait_for_timeout(300)
+    publish(server.url, title="cross-origin")
+    page.wait_for_function("window.seen.includes('cross-origin')")
