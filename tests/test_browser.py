@@ -379,3 +379,66 @@ def test_the_readme_snippet_works_from_a_page_on_another_origin(server, other_or
         page.wait_for_timeout(300)
     publish(server.url, title="cross-origin")
     page.wait_for_function("window.seen.includes('cross-origin')")
+
+
+def test_backoff_grows_with_jitter_and_each_round_tries_websocket_then_sse(server, page):
+    """A client pointed at a port where nothing listens: its attempts, delays and token calls."""
+    open_demo(page, server.url)
+    page.evaluate("""(url) => {
+        window.log = []; window.tokenCalls = 0;
+        const c = new Notifier({url, minDelay: 100, maxDelay: 800,
+                                token: async () => { window.tokenCalls++; return null; }});
+        c.on('state', (state, info) => window.log.push([state, info.transport ?? null, info.delay ?? null]));
+        c.connect();
+        window.deadClient = c;
+    }""", f"http://127.0.0.1:{free_port()}/")
+    page.wait_for_function("window.log.filter((e) => e[0] === 'disconnected').length >= 5")
+    page.evaluate("window.deadClient.close()")
+    log = page.evaluate("window.log")
+    delays = [e[2] for e in log if e[0] == "disconnected"][:5]
+    for delay, full in zip(delays, [100, 200, 400, 800, 800]):
+        assert full / 2 <= delay <= full, (delays, log)
+    assert len(set(delays)) > 1, delays  # jitter: not all the same (they double, too)
+    connecting = [e[1] for e in log if e[0] == "connecting"]
+    assert connecting[:6] == ["websocket", "sse"] * 3, log
+    assert page.evaluate("window.tokenCalls") == len(connecting)  # called before every attempt
+    assert log[-1][0] == "closed"
+
+
+SECRET = "browser-test-secret-0123456789abcdef"
+
+
+def test_an_expired_token_is_replaced_by_calling_the_token_function_again(notifier_server, page):
+    """The server ends a connection whose token expires (1008); the client fetches a fresh one and goes on."""
+    from notifier.tokens import issue_token
+
+    server = notifier_server(env={"NOTIFIER_SECRET": SECRET})
+    issued: list[str] = []
+
+    def fresh_token() -> str:
+        issued.append(issue_token(SECRET, "alice", ttl=2))
+        return issued[-1]
+
+    page.expose_function("freshToken", fresh_token)
+    open_demo(page, server.url)
+    page.evaluate("""() => {
+        window.got = []; window.codes = [];
+        const c = new Notifier({token: () => window.freshToken(), minDelay: 100, maxDelay: 500});
+        c.on('notification', (n) => window.got.push(n.title));
+        c.on('state', (state, info) => { if (state === 'disconnected') window.codes.push(info.code); });
+        c.connect();
+        window.alice = c;
+    }""")
+    deadline = time.monotonic() + 10
+    while "for alice" not in page.evaluate("window.got"):
+        assert time.monotonic() < deadline, "alice's client never got her notification"
+        publish(server.url, user_id="alice", title="for alice")
+        page.wait_for_timeout(300)
+    page.wait_for_function("window.codes.includes(1008)")  # the token expired: the server closed
+    page.wait_for_function("window.alice.state === 'connected'")
+    publish(server.url, user_id="bob", title="for bob")
+    publish(server.url, user_id="alice", title="after a fresh token")
+    page.wait_for_function("window.got.includes('after a fresh token')")
+    assert "for bob" not in page.evaluate("window.got")
+    assert len(issued) >= 2 and len(set(issued)) == len(issued)
+    assert page.evaluate("window.alice.stats.duplicates") == 0
