@@ -442,3 +442,18 @@ def test_an_expired_token_is_replaced_by_calling_the_token_function_again(notifi
     assert "for bob" not in page.evaluate("window.got")
     assert len(issued) >= 2 and len(set(issued)) == len(issued)
     assert page.evaluate("window.alice.stats.duplicates") == 0
+
+
+def test_sse_parser_handles_any_chunking_and_line_endings(server, page):
+    """The SSE reader sees the stream in whatever pieces the network gives: here one character at a time."""
+    page.goto(server.url + "/notifier.js")  # any page of the server's origin
+    page.add_script_tag(url=server.url + "/notifier.js")
+    stream = ("retry: 2000\n\n: keepalive\n\nid: 1\nevent: a\ndata: {\"n\":1}\n\n"
+              "id: 2\r\nevent: b\r\ndata: {\"n\":2}\r\n\r\ndata: two\rdata: lines\r\r: end\n\n")
+    got = page.evaluate("""(stream) => {
+        const got = [];
+        const parser = new Notifier.SseParser((data) => got.push(data));
+        for (const ch of stream) parser.push(ch);
+        return got;
+    }""", stream)
+    assert got == ['{"n":1}', '{"n":2}', "two\nlines"]

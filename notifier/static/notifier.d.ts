@@ -23,7 +23,8 @@ declare namespace Notifier {
   type Token = string | null | (() => string | null | Promise<string | null>);
 
   interface Options {
-    /** Where notifier is mounted, e.g. "/notifier" or "https://push.example.com"; default: where notifier.js came from. */
+    /** Where notifier is mounted, e.g. "/notifier" or "https://push.example.com"; default: where notifier.js
+     *  was loaded from by a <script> tag (else the page's origin). */
     url?: string;
     token?: Token;
     /** Topics to subscribe to from the start. */

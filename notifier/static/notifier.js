@@ -208,13 +208,14 @@
         }
         opened = true;
         this._opened();
-        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
         const parser = new SseParser((data) => this._frame(data));
         for (;;) {
           const { value, done } = await reader.read();
           if (gen !== this._gen) return;
           if (done) break;
-          parser.push(value);
+          parser.push(decoder.decode(value, { stream: true }));
         }
         this._lost({ transport: "sse", reason: "stream ended" }, true);
       } catch (error) {
@@ -293,6 +294,7 @@
         this._emit("error", { message: "a frame that is not JSON", error });
         return;
       }
+      if (message === null || typeof message !== "object") return;
       if (typeof message.id === "string" && typeof message.type === "string") {
         this._notification(message);
       } else if ("ack" in message) {
