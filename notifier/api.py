@@ -1,5 +1,7 @@
 """The HTTP routes: POST /notify, GET /events, GET /ws, GET /notifications, /healthz, /readyz, /openapi.json.
 
+The browser routes (/notifier.js, /notifier.d.ts, /demo) are in ``browser.py``.
+
 Built as a blueprint so the same routes mount on the standalone app and, through
 ``Notifier.init_app(url_prefix=...)``, on an existing Flask app. Every error is JSON.
 """
@@ -17,7 +19,7 @@ from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from . import transport_sse, transport_ws
+from . import browser, transport_sse, transport_ws
 from .auth import check_origin, check_publisher, socket_peer, subscriber_grant, subscriber_topics
 from .errors import (
     InvalidNotification,
@@ -254,6 +256,8 @@ def create_blueprint() -> Blueprint:
             click.echo(issue_token(state().settings.secret, user, topics, ttl))
         except (NotifierError, ValueError) as exc:
             raise click.UsageError(str(exc)) from None
+
+    browser.register(bp)  # /notifier.js, /notifier.d.ts, /demo
 
     @bp.get("/healthz")
     def healthz() -> Response:

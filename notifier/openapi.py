@@ -12,6 +12,10 @@ def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ERROR}}}
 
 
+def _text(description: str, media_type: str) -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
+
+
 def _subscribe_params(*, resume: bool) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = [
         {"name": "topic", "in": "query", "required": False, "schema": {"type": "array", "items": TOPIC},
@@ -98,6 +102,12 @@ def spec(base_path: str = "") -> dict[str, Any]:
             "/readyz": {"get": {"summary": "Readiness: the broker is reachable",
                                 "responses": {"200": {"description": "ready"}, "503": _error("broker unavailable")}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
+            "/notifier.js": {"get": {"summary": "The browser client (WebSocket, SSE fallback, resume)",
+                                     "responses": {"200": _text("the script", "text/javascript")}}},
+            "/notifier.d.ts": {"get": {"summary": "TypeScript declarations of the browser client",
+                                       "responses": {"200": _text("the declarations", "application/typescript")}}},
+            "/demo": {"get": {"summary": "A live demo page: notifications as they arrive, and a publish form",
+                              "responses": {"200": _text("the page", "text/html")}}},
         },
         "components": {
             "securitySchemes": {"publisherKey": {"type": "http", "scheme": "bearer"}},

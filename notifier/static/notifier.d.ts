@@ -1,0 +1,87 @@
+// Types for notifier.js, the browser client served at /notifier.js. The script defines the
+// global `Notifier` (or module.exports under CommonJS).
+
+declare namespace Notifier {
+  type Transport = "websocket" | "sse";
+  /** idle: before connect(); disconnected: waiting `info.delay` ms to reconnect; closed: after close(). */
+  type State = "idle" | "connecting" | "connected" | "disconnected" | "closed";
+
+  /** A notification as delivered (see the server's API). `id`s sort as strings in publish order. */
+  interface Notification {
+    id: string;
+    type: string;
+    title: string;
+    message: string;
+    /** ISO 8601 UTC with milliseconds */
+    ts: string;
+    user_id?: string;
+    topic?: string;
+    data?: Record<string, unknown>;
+  }
+
+  /** A subscriber token, or a function that fetches a fresh one (called before every connection). */
+  type Token = string | null | (() => string | null | Promise<string | null>);
+
+  interface Options {
+    /** Where notifier is mounted, e.g. "/notifier" or "https://push.example.com"; default: where notifier.js
+     *  was loaded from by a <script> tag (else the page's origin). */
+    url?: string;
+    token?: Token;
+    /** Topics to subscribe to from the start. */
+    topics?: string[];
+    /** Transports to try, in order, in each round of attempts. Default ["websocket", "sse"]. */
+    transports?: Transport[];
+    /** Backoff: the first retry waits minDelay/2..minDelay ms, doubling up to maxDelay. Defaults 500 and 30000. */
+    minDelay?: number;
+    maxDelay?: number;
+    /** Resume after this id (e.g. one kept in sessionStorage). */
+    lastEventId?: string | null;
+  }
+
+  interface StateInfo {
+    transport?: Transport;
+    /** disconnected: ms until the next attempt */
+    delay?: number;
+    /** WebSocket close code (1001 shutdown, 1008 policy/expired token, 1012, 1013 too slow, 1006 dropped) */
+    code?: number;
+    reason?: string;
+    /** HTTP status of a refused SSE request */
+    status?: number;
+    error?: unknown;
+  }
+
+  interface ErrorInfo {
+    message: string;
+    status?: number;
+    transport?: Transport;
+    error?: unknown;
+  }
+}
+
+declare class Notifier {
+  constructor(options?: Notifier.Options);
+  readonly url: string;
+  readonly state: Notifier.State;
+  /** The transport of the open connection, null while not connected. */
+  readonly transport: Notifier.Transport | null;
+  /** The id of the last notification seen: where the next connection resumes. */
+  readonly lastEventId: string | null;
+  readonly topics: string[];
+  readonly stats: { received: number; duplicates: number; connects: number };
+
+  connect(): this;
+  close(): void;
+  /** Resolves when the server has the subscription; rejects if it refuses it (e.g. a private topic). */
+  subscribe(topic: string): Promise<void>;
+  unsubscribe(topic: string): Promise<void>;
+
+  /** Every notification. */
+  on(event: "notification", fn: (n: Notifier.Notification) => void): this;
+  /** Notifications of one type, e.g. "notification:order.created". */
+  on(event: `notification:${string}`, fn: (n: Notifier.Notification) => void): this;
+  /** The resume point is no longer in history: refetch state (live notifications follow). */
+  on(event: "reset", fn: (n: Notifier.Notification) => void): this;
+  on(event: "state", fn: (state: Notifier.State, info: Notifier.StateInfo) => void): this;
+  on(event: "error", fn: (error: Notifier.ErrorInfo) => void): this;
+  off(event: string, fn: (...args: any[]) => void): this;
+}
