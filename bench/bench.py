@@ -21,6 +21,7 @@ import gc
 import hashlib
 import http.client
 import json
+import math
 import os
 import platform
 import re
@@ -843,9 +844,10 @@ async def main(argv: list[str]) -> int:
     raise_nofile()
     cases_plan = plan(cfg)
     biggest = max([c[2] for c in cases_plan] or [0])
-    if cfg.worker_connections is None and biggest + 100 > 10000:
-        # notifier's default (10000) would leave no slot for the publisher beside 10,000 subscribers
-        cfg.worker_connections = biggest + 100
+    if cfg.worker_connections is None and biggest > 9000:
+        # notifier keeps 5% of worker_connections for publishes and health checks and
+        # answers further subscribers 503: make room for every subscriber, plus slack
+        cfg.worker_connections = math.ceil(biggest / 0.95) + 100
     for peer in {c[0] for c in cases_plan}:
         if not PYTHON[peer].exists():
             print(f"{PYTHON[peer]} missing: run bench/run, which creates it", file=sys.stderr)
