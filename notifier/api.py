@@ -170,9 +170,8 @@ def create_blueprint() -> Blueprint:
     def notify() -> tuple[Response, int]:
         st = state()
         key = check_publisher(request.environ, st.settings.api_keys)
-        st.rate_limiter.check(publisher_id(key, socket_peer(request.environ)))
         payload = read_publish_body(st.settings.max_message_bytes)
-        notification_id = st.publish_payload(payload)
+        notification_id = st.publish_payload(payload, publisher_id(key, socket_peer(request.environ)))
         return jsonify(id=notification_id), 202
 
     @bp.get("/events")

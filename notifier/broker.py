@@ -20,10 +20,12 @@ class Broker(ABC):
     """Accepts publishes (into history) and delivers every notification to this worker's hub."""
 
     @abstractmethod
-    def publish(self, target: str, type: str, fields_json: bytes) -> str:
+    def publish(self, target: str, type: str, fields_json: bytes, publisher: str | None = None) -> str:
         """Store one notification in history and send it to every worker; return its id.
 
         Raises ``BrokerUnavailable`` if it was not stored: the caller must not answer 202.
+        A ``publisher`` (see ``ratelimit.publisher_id``) is held to NOTIFIER_PUBLISH_RATE:
+        over it, nothing is stored and ``TooManyRequests`` is raised.
         """
 
     @abstractmethod

@@ -7,6 +7,7 @@ from collections import deque
 from .broker import Broker, Deliver, OnGap
 from .config import Settings
 from .notification import Notification, format_id, now_ms
+from .ratelimit import RateLimiter
 
 
 class MemoryBroker(Broker):
@@ -18,6 +19,7 @@ class MemoryBroker(Broker):
         self._lock = threading.Lock()
         self._deliver: Deliver | None = None
         self._last = (0, 0)
+        self._limiter = RateLimiter(settings.publish_rate)
 
     def _next_id(self) -> str:
         ms, seq = now_ms(), 0
@@ -27,7 +29,9 @@ class MemoryBroker(Broker):
         self._last = (ms, seq)
         return format_id(ms, seq)
 
-    def publish(self, target: str, type: str, fields_json: bytes) -> str:
+    def publish(self, target: str, type: str, fields_json: bytes, publisher: str | None = None) -> str:
+        if publisher is not None:
+            self._limiter.check(publisher)
         with self._lock:
             notification = Notification(self._next_id(), target, type, fields_json)
             self.ring.append(notification)

@@ -9,6 +9,7 @@ when it comes back (Redis restarted empty, or trimmed past it), it reports a gap
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
@@ -23,6 +24,7 @@ from .broker import Broker, Deliver, OnGap
 from .config import Settings
 from .errors import BrokerUnavailable, ConfigError
 from .notification import Notification, format_id, now_ms, parse_id
+from .ratelimit import too_many
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +39,21 @@ UNKNOWN_OUTCOME_WINDOW = 3.0
 TOKEN_TTL = 60
 
 # XADD at most once per publish token: a retry after a lost reply returns the first id
-# instead of adding the notification again.
+# instead of adding the notification again. KEYS[3], if not "", is the publisher's
+# counter for this second: over ARGV[6] publishes nothing is added and the answer is 0.
 PUBLISH_ONCE = """
 local id = redis.call('GET', KEYS[2])
 if id then return id end
+if KEYS[3] ~= '' then
+  local n = redis.call('INCR', KEYS[3])
+  if n == 1 then redis.call('EXPIRE', KEYS[3], 2) end
+  if n > tonumber(ARGV[6]) then return 0 end
+end
 id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', ARGV[2], 'y', ARGV[3], 'n', ARGV[4])
 redis.call('SET', KEYS[2], id, 'EX', ARGV[5])
 return id
 """
+PUBLISH_ONCE_SHA = hashlib.sha1(PUBLISH_ONCE.encode()).hexdigest()
 
 
 class _NotSent(Exception):
@@ -90,6 +99,7 @@ class RedisBroker(Broker):
         self.prefix = settings.prefix
         self.stream = f"{settings.prefix}:stream"
         self.history_size = settings.history_size
+        self.publish_rate = settings.publish_rate
         self.ttl_ms = settings.history_ttl * 1000
         self.client = _client(self.url, socket_timeout=2.0)
         self._follower: gevent.Greenlet | None = None
@@ -100,20 +110,26 @@ class RedisBroker(Broker):
         self.connected = False
         self.reconnects = 0
 
-    def publish(self, target: str, type: str, fields_json: bytes) -> str:
+    def publish(self, target: str, type: str, fields_json: bytes, publisher: str | None = None) -> str:
         """XADD exactly once, or raise BrokerUnavailable when it was certainly not stored.
 
         A reply lost to a dropped connection leaves the outcome unknown: the entry may be
         in Redis. Answering 503 then would be a lie, so the publish is retried under the
         same token (the script adds it at most once) until Redis answers, for a bounded time.
+        The publisher's rate is counted by the same script, in the same round trip.
         """
-        args = (self.stream, f"{self.prefix}:published:{secrets.token_hex(12)}",
-                self.history_size, target, type, fields_json, TOKEN_TTL)
+        now = time.time()
+        rate_key = f"{self.prefix}:rate:{publisher}:{int(now)}" if publisher is not None else ""
+        keys = (self.stream, f"{self.prefix}:published:{secrets.token_hex(12)}", rate_key)
+        args = (self.history_size, target, type, fields_json, TOKEN_TTL, self.publish_rate)
         deadline = time.monotonic() + UNKNOWN_OUTCOME_WINDOW
         delay, sent = 0.05, False
         while True:
             try:
-                return to_notification_id(self._publish_once(*args))
+                stream_id = self._publish_once(keys, args)
+                if stream_id == 0:
+                    raise too_many(self.publish_rate, now)
+                return to_notification_id(stream_id)
             except _NotSent as exc:
                 if not sent:
                     raise _unavailable(exc.__cause__ or exc) from exc
@@ -128,15 +144,23 @@ class RedisBroker(Broker):
             gevent.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    def _publish_once(self, stream: str, token_key: str, *args: Any) -> bytes:
+    def _publish_once(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+        """Run the publish script (by its SHA; the text only when Redis does not have it yet)."""
         pool = self.client.connection_pool
         try:
             conn = pool.get_connection()
         except redis.RedisError as exc:
             raise _NotSent() from exc
         try:
-            conn.send_command("EVAL", PUBLISH_ONCE, 2, stream, token_key, *args)
+            conn.send_command("EVALSHA", PUBLISH_ONCE_SHA, len(keys), *keys, *args)
+            try:
+                return conn.read_response()
+            except redis.exceptions.NoScriptError:
+                pass  # a new or restarted Redis: send the text once, it keeps it
+            conn.send_command("EVAL", PUBLISH_ONCE, len(keys), *keys, *args)
             return conn.read_response()
+        except redis.ResponseError:
+            raise  # an answer: the connection is fine
         except BaseException:
             conn.disconnect()
             raise

@@ -1,8 +1,8 @@
 """Publish rate per publisher (its key, or its address when no keys are set), per second.
 
-A fixed one-second window: in-process a dict, with Redis one counter per publisher and
-second shared by every worker on every host (INCR + EXPIRE in one round trip). If Redis
-cannot be asked, the publish goes on and fails on its own with 503.
+A fixed one-second window. The broker counts it as part of the publish: in-process a
+dict (``RateLimiter``); with Redis one counter per publisher and second, shared by every
+worker on every host, counted by the publish script itself (no extra round trip).
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import math
 import threading
 import time
 
-from .broker import Broker
 from .errors import TooManyRequests
 
 
@@ -43,30 +42,10 @@ class RateLimiter:
         """Raise TooManyRequests (with Retry-After) if ``who`` is over its rate this second."""
         now = time.time()
         if self.count(who, int(now)) > self.rate:
-            raise TooManyRequests(f"publish rate over {self.rate}/s (NOTIFIER_PUBLISH_RATE)",
-                                  retry_after=max(1, math.ceil(int(now) + 1 - now)))
+            raise too_many(self.rate, now)
 
 
-class RedisRateLimiter(RateLimiter):
-    """The same limit, counted in Redis so it holds across workers and hosts."""
-
-    def __init__(self, rate: int, client, prefix: str) -> None:
-        super().__init__(rate)
-        self.client, self.prefix = client, prefix
-
-    def count(self, who: str, second: int) -> int:
-        import redis
-
-        key = f"{self.prefix}:rate:{who}:{second}"
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.incr(key)
-            pipe.expire(key, 2)
-            return int(pipe.execute()[0])
-        except redis.RedisError:
-            return 0  # fail open: the publish itself will answer 503
-
-
-def create_rate_limiter(rate: int, broker: Broker, prefix: str) -> RateLimiter:
-    client = getattr(broker, "client", None)
-    return RedisRateLimiter(rate, client, prefix) if client is not None else RateLimiter(rate)
+def too_many(rate: int, now: float) -> TooManyRequests:
+    """The 429 for a publisher over ``rate``, retrying at the next second's window."""
+    return TooManyRequests(f"publish rate over {rate}/s (NOTIFIER_PUBLISH_RATE)",
+                           retry_after=max(1, math.ceil(int(now) + 1 - now)))

@@ -8,7 +8,6 @@ from typing import Any, Callable
 
 from .auth import check_topic_access
 from .broker import create_broker
-from .ratelimit import create_rate_limiter
 from .config import Settings
 from .errors import InvalidNotification, NotifierError
 from .hub import RESTART, Hub, Subscriber
@@ -30,7 +29,6 @@ class State:
         self.settings = settings
         self.hub = Hub(settings.queue_size, settings.flush_interval)
         self.broker = create_broker(settings)
-        self.rate_limiter = create_rate_limiter(settings.publish_rate, self.broker, settings.prefix)
         self.identify = identify
         self.started = False
         STATES.add(self)
@@ -50,11 +48,14 @@ class State:
         self.hub.close_all()
         self.broker.stop()
 
-    def publish_payload(self, payload: Any) -> str:
-        """Validate and publish one notification; returns its id once it is in history."""
+    def publish_payload(self, payload: Any, publisher: str | None = None) -> str:
+        """Validate and publish one notification; returns its id once it is in history.
+
+        A ``publisher`` is held to the publish rate (TooManyRequests when over it).
+        """
         fields = validate_publish(payload)
         self.start()
-        return self.broker.publish(target_key(fields), fields["type"], encode_fields(fields))
+        return self.broker.publish(target_key(fields), fields["type"], encode_fields(fields), publisher)
 
     def resume(self, keys: set[str], last_id: str | None) -> tuple[list[Notification], str | None]:
         """What a connection resuming after ``last_id`` gets first, and the floor for live ones.
