@@ -1,10 +1,8 @@
 """gunicorn settings for notifier; values in GUNICORN_CMD_ARGS override these, as gunicorn documents."""
-import os
+from notifier.config import Settings, server_port, server_workers
 
-from notifier.config import Settings
-
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+bind = f"0.0.0.0:{server_port()}"
+workers = server_workers()
 worker_class = "gevent"
 
 # Every open WebSocket/SSE connection holds one of these slots for its whole life;

@@ -11,13 +11,12 @@ import os
 import time
 from typing import Any
 
-import click
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from . import transport_sse, transport_ws
+from . import cli, transport_sse, transport_ws
 from .auth import check_origin, check_publisher, socket_peer, subscriber_grant, subscriber_topics
 from .errors import (
     InvalidNotification,
@@ -31,7 +30,7 @@ from .hub import TOO_SLOW, Subscriber, entitled_keys
 from .openapi import spec
 from .ratelimit import publisher_id
 from .state import State, check_last_id
-from .tokens import DEFAULT_TTL, Grant, issue_token
+from .tokens import Grant
 
 log = logging.getLogger(__name__)
 
@@ -242,16 +241,7 @@ def create_blueprint() -> Blueprint:
     def openapi() -> Response:
         return jsonify(spec(request.script_root + (bp_prefix(request) or "")))
 
-    @bp.cli.command("token")
-    @click.argument("user")
-    @click.option("--topic", "topics", multiple=True, help="private topic to grant (repeatable; a trailing * grants a prefix)")
-    @click.option("--ttl", type=int, default=DEFAULT_TTL, show_default=True, help="seconds the token is valid")
-    def token_command(user: str, topics: tuple[str, ...], ttl: int) -> None:
-        """Print a subscriber token for USER, signed with NOTIFIER_SECRET."""
-        try:
-            click.echo(issue_token(state().settings.secret, user, topics, ttl))
-        except (NotifierError, ValueError) as exc:
-            raise click.UsageError(str(exc)) from None
+    cli.register(bp)
 
     @bp.get("/healthz")
     def healthz() -> Response:

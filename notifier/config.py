@@ -91,6 +91,26 @@ class Settings:
         )
 
 
+def server_port() -> int:
+    """``PORT``: where gunicorn binds (Heroku sets it), 8000 by default."""
+    return _number({}, "PORT", 8000, minimum=1)
+
+
+def server_workers() -> int:
+    """``WEB_CONCURRENCY``: how many gunicorn workers (Heroku sets it by dyno size), 1 by default."""
+    return _number({}, "WEB_CONCURRENCY", 1)
+
+
+def log_level() -> str:
+    """``NOTIFIER_LOG_LEVEL`` of the standalone server."""
+    return str(_raw({}, "NOTIFIER_LOG_LEVEL") or "INFO").upper()
+
+
+def local_url() -> str:
+    """This host's server, as the CLI reaches it when not given ``--url``."""
+    return f"http://127.0.0.1:{server_port()}"
+
+
 def check_workers(workers: int, settings: Settings | None = None) -> None:
     """Refuse more than one worker without Redis: they would not see each other's notifications."""
     settings = settings or Settings.load()

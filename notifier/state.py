@@ -50,10 +50,15 @@ class State:
         self.hub.close_all()
         self.broker.stop()
 
-    def publish_payload(self, payload: Any) -> str:
-        """Validate and publish one notification; returns its id once it is in history."""
+    def publish_payload(self, payload: Any, *, start: bool = True) -> str:
+        """Validate and publish one notification; returns its id once it is in history.
+
+        ``start=False`` publishes without following the broker (a CLI process has no
+        subscribers of its own).
+        """
         fields = validate_publish(payload)
-        self.start()
+        if start:
+            self.start()
         return self.broker.publish(target_key(fields), fields["type"], encode_fields(fields))
 
     def resume(self, keys: set[str], last_id: str | None) -> tuple[list[Notification], str | None]:
