@@ -43,6 +43,34 @@ def _list(config: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in items if item and item.strip())
 
 
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = _raw(config, key)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(key, f"expected true or false, got {value!r}")
+
+
+def _redis_url(config: Mapping[str, Any]) -> str | None:
+    url = _raw(config, "REDIS_URL")
+    if url is None:
+        return None
+    url = str(url)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL", "must start with redis:// or rediss://")
+    # Heroku Redis serves TLS with a self-signed certificate: its docs say not to verify it.
+    if url.startswith("rediss://") and not _flag(config, "NOTIFIER_REDIS_VERIFY_TLS", True) \
+            and "ssl_cert_reqs=" not in url:
+        url += ("&" if "?" in url else "?") + "ssl_cert_reqs=none"
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str | None
@@ -70,11 +98,8 @@ class Settings:
     def load(cls, config: Mapping[str, Any] | None = None) -> "Settings":
         """Read every setting from ``config`` (e.g. ``app.config``), else the environment."""
         config = config or {}
-        redis_url = _raw(config, "REDIS_URL")
-        if redis_url is not None and not str(redis_url).startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("REDIS_URL", "must start with redis:// or rediss://")
         return cls(
-            redis_url=redis_url,
+            redis_url=_redis_url(config),
             secret=_raw(config, "NOTIFIER_SECRET"),
             api_keys=_list(config, "NOTIFIER_API_KEYS"),
             allowed_origins=_list(config, "NOTIFIER_ALLOWED_ORIGINS"),
