@@ -1,4 +1,4 @@
-"""The HTTP routes: POST /notify, GET /events, GET /ws, GET /notifications, /healthz, /readyz, /openapi.json.
+"""The HTTP routes: POST /notify, GET /events, GET /ws, GET /notifications, /healthz, /readyz, /metrics, /openapi.json.
 
 Built as a blueprint so the same routes mount on the standalone app and, through
 ``Notifier.init_app(url_prefix=...)``, on an existing Flask app. Every error is JSON.
@@ -16,8 +16,8 @@ from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from . import cli, transport_sse, transport_ws
-from .auth import check_origin, check_publisher, socket_peer, subscriber_grant, subscriber_topics
+from . import cli, metrics, transport_sse, transport_ws
+from .auth import check_metrics_reader, check_origin, check_publisher, socket_peer, subscriber_grant, subscriber_topics
 from .errors import (
     InvalidNotification,
     NotifierError,
@@ -246,6 +246,13 @@ def create_blueprint() -> Blueprint:
     @bp.get("/healthz")
     def healthz() -> Response:
         return jsonify(status="ok", pid=os.getpid())
+
+    @bp.get("/metrics")
+    def metrics_text() -> Response:
+        """Prometheus text, summed over every worker of this server."""
+        check_metrics_reader(request.environ, state().settings)
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
 
     @bp.get("/readyz")
     def readyz() -> Response:

@@ -87,6 +87,7 @@ class Settings:
     max_connections_per_user: int
     publish_rate: int
     worker_connections: int
+    metrics_public: bool
 
     @property
     def max_subscribers(self) -> int:
@@ -113,6 +114,7 @@ class Settings:
             max_connections_per_user=_number(config, "NOTIFIER_MAX_CONNECTIONS_PER_USER", 50),
             publish_rate=_number(config, "NOTIFIER_PUBLISH_RATE", 500),
             worker_connections=_number(config, "NOTIFIER_WORKER_CONNECTIONS", 10000, minimum=20),
+            metrics_public=_flag(config, "NOTIFIER_METRICS_PUBLIC", False),
         )
 
 
@@ -129,6 +131,15 @@ def server_workers() -> int:
 def log_level() -> str:
     """``NOTIFIER_LOG_LEVEL`` of the standalone server."""
     return str(_raw({}, "NOTIFIER_LOG_LEVEL") or "INFO").upper()
+
+
+def metrics_dir() -> str | None:
+    """``PROMETHEUS_MULTIPROC_DIR``: where gunicorn's workers share their metrics.
+
+    gunicorn.conf.py makes a temporary one when it is unset; prometheus_client reads it too.
+    """
+    value = _raw({}, "PROMETHEUS_MULTIPROC_DIR")
+    return None if value is None else str(value)
 
 
 def local_url() -> str:

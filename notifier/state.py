@@ -6,6 +6,7 @@ import logging
 import weakref
 from typing import Any, Callable
 
+from . import metrics
 from .auth import check_topic_access
 from .broker import create_broker
 from .ratelimit import create_rate_limiter
@@ -39,8 +40,12 @@ class State:
         """Connect the broker to this worker's hub (idempotent; cheap to call per request)."""
         if not self.started:
             self.started = True
-            self.broker.start(self.hub.dispatch, self._gap)
+            self.broker.start(self._dispatch, self._gap)
+            metrics.watch(self.hub, self.broker)
             log.info("notifier started: %s", type(self.broker).__name__)
+
+    def _dispatch(self, notification: Notification) -> None:
+        metrics.dispatched(notification, self.hub.dispatch(notification))
 
     def _gap(self) -> None:
         # The broker lost its place: every connection resumes from its own last id.
@@ -59,7 +64,9 @@ class State:
         fields = validate_publish(payload)
         if start:
             self.start()
-        return self.broker.publish(target_key(fields), fields["type"], encode_fields(fields))
+        notification_id = self.broker.publish(target_key(fields), fields["type"], encode_fields(fields))
+        metrics.published()
+        return notification_id
 
     def resume(self, keys: set[str], last_id: str | None) -> tuple[list[Notification], str | None]:
         """What a connection resuming after ``last_id`` gets first, and the floor for live ones.
@@ -76,8 +83,10 @@ class State:
             # The reset carries the newest id, so a reconnect resumes from there; with an
             # empty history, the stale id itself, so a reconnect is reset again (never "").
             newest = self.broker.newest_id()
+            metrics.resumed(0, reset=True)
             return [reset_notification(newest or last_id, last_id)], newest
         entitled = [n for n in missed if n.target in keys]
+        metrics.resumed(len(entitled), reset=False)
         return entitled, (missed[-1].id if missed else last_id)
 
     def identify_user(self) -> str | None:
