@@ -206,6 +206,8 @@ class Subscription:
                         raise error
                     log.info("subscribe refused for now: %s", error)
                     wait = error.retry_after
+                elif not (response.getheader("Content-Type") or "").startswith("text/event-stream"):
+                    raise ClientError(response.status, f"{self.url} is not a notifier server: no event stream at /events")
                 else:
                     for kind, event_id, data, retry in _parse_sse(iter(response.readline, b"")):
                         if kind == "retry" and retry is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import queue
 import subprocess
 import sys
@@ -119,6 +120,32 @@ def test_a_bad_token_ends_the_subscription_with_the_servers_error(notifier_serve
     with pytest.raises(ClientError) as refused:
         next(iter(subscribe(server.url, token="not-a-jwt", max_retries=0)))
     assert refused.value.status == 401
+
+
+def test_subscribing_to_something_that_is_not_notifier_fails_at_once(notifier_server):
+    server = notifier_server(workers=1)
+    with pytest.raises(ClientError) as missing:
+        next(iter(subscribe(server.url + "/elsewhere", max_retries=0)))  # /elsewhere/events: a JSON 404
+    assert missing.value.status == 404
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # a web page answering 200 to everything
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", "6")
+            self.end_headers()
+            self.wfile.write(b"<html>")
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page) as page:
+        threading.Thread(target=page.serve_forever, daemon=True).start()
+        try:
+            with pytest.raises(ClientError, match="not a notifier server"):
+                next(iter(subscribe(f"http://127.0.0.1:{page.server_address[1]}", max_retries=0)))
+        finally:
+            page.shutdown()
 
 
 def test_subscription_reconnects_and_resumes_without_gap_or_duplicate(notifier_server, redis_server, listeners):
