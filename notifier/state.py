@@ -45,7 +45,8 @@ class State:
             log.info("notifier started: %s", type(self.broker).__name__)
 
     def _dispatch(self, notification: Notification) -> None:
-        metrics.dispatched(notification, self.hub.dispatch(notification))
+        self.hub.dispatch(notification)
+        metrics.dispatched(notification)
 
     def _gap(self) -> None:
         # The broker lost its place: every connection resumes from its own last id.

@@ -12,6 +12,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from clients import SSEClient, WSClient, publish, sync_subscribers, unix_request, wait_until
+from notifier.metrics import SAMPLE_EVERY
 
 KEY = "metrics-key"
 CONNECTIONS = 'notifier_connections{transport="%s"}'
@@ -78,9 +79,12 @@ def connect_on_both_workers(server, closing, minimum=6, **params):
 
 
 def settled(server, before):
-    """Wait until both workers dispatched everything published since ``before``."""
-    return wait_metrics(server, lambda m: delta(m, before, LATENCY_COUNT) == 2 * delta(m, before, PUBLISHED),
-                        message="every published notification dispatched by both workers")
+    """Wait until both workers dispatched everything published since ``before``, and their
+    samplers (once a second) have counted the deliveries."""
+    wait_metrics(server, lambda m: delta(m, before, LATENCY_COUNT) == 2 * delta(m, before, PUBLISHED),
+                 message="every published notification dispatched by both workers")
+    time.sleep(SAMPLE_EVERY + 0.3)
+    return scrape(server)
 
 
 @pytest.fixture(scope="module")
