@@ -32,7 +32,7 @@ SAMPLE_EVERY = 1.0
 
 CONNECTIONS = Gauge("notifier_connections", "Open subscriber connections, by transport", ["transport"],
                     multiprocess_mode="livesum")
-PUBLISHED = Counter("notifier_published", "Notifications accepted (POST /notify, publish(), the CLI through Redis)")
+PUBLISHED = Counter("notifier_published", "Notifications accepted by this server (POST /notify, Notifier.publish())")
 DELIVERED = Counter("notifier_delivered", "Notifications handed to subscriber connections (one per connection)")
 SLOW_DISCONNECTS = Counter("notifier_slow_client_disconnects",
                            "Subscribers cut because their send queue overflowed (WebSocket 1013, SSE end)")
