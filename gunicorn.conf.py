@@ -1,10 +1,13 @@
 """gunicorn settings for notifier; values in GUNICORN_CMD_ARGS override these, as gunicorn documents."""
+import glob
 import os
+import shutil
+import tempfile
 
-from notifier.config import Settings
+from notifier.config import Settings, metrics_dir, server_port, server_workers
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+bind = f"0.0.0.0:{server_port()}"
+workers = server_workers()
 worker_class = "gevent"
 # gevent records, for every greenlet, the stack that spawned it (for debugging tools):
 # ~1 KB and a dozen objects per connection here. Off unless asked for.
@@ -36,6 +39,13 @@ access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(L)ss'
 logger_class = "notifier.gunicorn_logging.RedactingLogger"
 
 
+# /metrics sums every worker's figures through prometheus_client's multiprocess mode:
+# the workers write them to files in PROMETHEUS_MULTIPROC_DIR, which must be set before
+# they import prometheus_client. Unset, a temporary one is made here and removed at exit
+# (gunicorn's USR2 binary upgrade would need one set by you: the old master removes its own).
+_created_metrics_dir = None
+
+
 def on_starting(server):
     # Imports only notifier.config: gevent must not load in the master.
     from notifier.config import check_workers
@@ -46,6 +56,28 @@ def on_starting(server):
     except ConfigError as exc:
         server.log.error("notifier cannot start: %s", exc)
         raise SystemExit(1) from None
+    global _created_metrics_dir
+    directory = metrics_dir()
+    if directory is None:
+        _created_metrics_dir = directory = tempfile.mkdtemp(prefix="notifier-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    else:
+        os.makedirs(directory, exist_ok=True)
+        for stale in glob.glob(os.path.join(directory, "*.db")):  # figures of an earlier run
+            os.remove(stale)
+
+
+def child_exit(server, worker):
+    # A worker is gone: its live gauges (open connections) must no longer count.
+    if metrics_dir() is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _created_metrics_dir is not None:
+        shutil.rmtree(_created_metrics_dir, ignore_errors=True)
 
 
 def post_worker_init(worker):

@@ -1,4 +1,4 @@
-"""The HTTP routes: POST /notify, GET /events, GET /ws, GET /notifications, /healthz, /readyz, /openapi.json.
+"""The HTTP routes: POST /notify, GET /events, GET /ws, GET /notifications, /healthz, /readyz, /metrics, /openapi.json.
 
 The browser routes (/notifier.js, /notifier.d.ts, /demo) are in ``browser.py``.
 
@@ -13,14 +13,13 @@ import os
 import time
 from typing import Any
 
-import click
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask_sock import Sock
 from werkzeug.exceptions import HTTPException
 from werkzeug.wsgi import ClosingIterator
 
-from . import browser, transport_sse, transport_ws
-from .auth import check_origin, check_publisher, socket_peer, subscriber_grant, subscriber_topics
+from . import browser, cli, metrics, transport_sse, transport_ws
+from .auth import check_metrics_reader, check_origin, check_publisher, socket_peer, subscriber_grant, subscriber_topics
 from .errors import (
     InvalidNotification,
     NotifierError,
@@ -33,7 +32,7 @@ from .hub import TOO_SLOW, Subscriber, entitled_keys
 from .openapi import spec
 from .ratelimit import publisher_id
 from .state import State, check_last_id
-from .tokens import DEFAULT_TTL, Grant, issue_token
+from .tokens import Grant
 
 log = logging.getLogger(__name__)
 
@@ -245,22 +244,20 @@ def create_blueprint() -> Blueprint:
     def openapi() -> Response:
         return jsonify(spec(request.script_root + (bp_prefix(request) or "")))
 
-    @bp.cli.command("token")
-    @click.argument("user")
-    @click.option("--topic", "topics", multiple=True, help="private topic to grant (repeatable; a trailing * grants a prefix)")
-    @click.option("--ttl", type=int, default=DEFAULT_TTL, show_default=True, help="seconds the token is valid")
-    def token_command(user: str, topics: tuple[str, ...], ttl: int) -> None:
-        """Print a subscriber token for USER, signed with NOTIFIER_SECRET."""
-        try:
-            click.echo(issue_token(state().settings.secret, user, topics, ttl))
-        except (NotifierError, ValueError) as exc:
-            raise click.UsageError(str(exc)) from None
+    cli.register(bp)
 
     browser.register(bp)  # /notifier.js, /notifier.d.ts, /demo
 
     @bp.get("/healthz")
     def healthz() -> Response:
         return jsonify(status="ok", pid=os.getpid())
+
+    @bp.get("/metrics")
+    def metrics_text() -> Response:
+        """Prometheus text, summed over every worker of this server."""
+        check_metrics_reader(request.environ, state().settings)
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
 
     @bp.get("/readyz")
     def readyz() -> Response:

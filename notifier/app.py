@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Mapping
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .config import log_level
 from .extension import Notifier
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """A Flask app serving only notifier's routes, configured from the environment."""
     logging.basicConfig(
-        level=os.environ.get("NOTIFIER_LOG_LEVEL", "INFO").upper(),
+        level=log_level(),
         format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s",
     )
     app = Flask("notifier")

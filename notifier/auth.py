@@ -69,6 +69,16 @@ def check_publisher(environ: Mapping[str, Any], api_keys: tuple[str, ...]) -> st
     return key
 
 
+def check_metrics_reader(environ: Mapping[str, Any], settings: Settings) -> None:
+    """/metrics: open with NOTIFIER_METRICS_PUBLIC; else a loopback peer, or a publisher key."""
+    if settings.metrics_public or is_loopback(socket_peer(environ)):
+        return
+    if not settings.api_keys:
+        raise Forbidden("metrics are served to loopback peers only; scrape with a key from NOTIFIER_API_KEYS "
+                        "as a bearer token, or set NOTIFIER_METRICS_PUBLIC=true on a private network")
+    check_publisher(environ, settings.api_keys)
+
+
 def check_origin(settings: Settings, origin: str | None) -> None:
     """Refuse a browser page from an origin not allowed (cross-site WebSocket hijacking)."""
     if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:

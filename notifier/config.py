@@ -43,6 +43,34 @@ def _list(config: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in items if item and item.strip())
 
 
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = _raw(config, key)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(key, f"expected true or false, got {value!r}")
+
+
+def _redis_url(config: Mapping[str, Any]) -> str | None:
+    url = _raw(config, "REDIS_URL")
+    if url is None:
+        return None
+    url = str(url)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL", "must start with redis:// or rediss://")
+    # Heroku Redis serves TLS with a self-signed certificate: its docs say not to verify it.
+    if url.startswith("rediss://") and not _flag(config, "NOTIFIER_REDIS_VERIFY_TLS", True) \
+            and "ssl_cert_reqs=" not in url:
+        url += ("&" if "?" in url else "?") + "ssl_cert_reqs=none"
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str | None
@@ -60,6 +88,7 @@ class Settings:
     publish_rate: int
     worker_connections: int
     flush_interval: float
+    metrics_public: bool
 
     @property
     def max_subscribers(self) -> int:
@@ -71,11 +100,8 @@ class Settings:
     def load(cls, config: Mapping[str, Any] | None = None) -> "Settings":
         """Read every setting from ``config`` (e.g. ``app.config``), else the environment."""
         config = config or {}
-        redis_url = _raw(config, "REDIS_URL")
-        if redis_url is not None and not str(redis_url).startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("REDIS_URL", "must start with redis:// or rediss://")
         return cls(
-            redis_url=redis_url,
+            redis_url=_redis_url(config),
             secret=_raw(config, "NOTIFIER_SECRET"),
             api_keys=_list(config, "NOTIFIER_API_KEYS"),
             allowed_origins=_list(config, "NOTIFIER_ALLOWED_ORIGINS"),
@@ -90,7 +116,37 @@ class Settings:
             publish_rate=_number(config, "NOTIFIER_PUBLISH_RATE", 500),
             worker_connections=_number(config, "NOTIFIER_WORKER_CONNECTIONS", 10000, minimum=20),
             flush_interval=_number(config, "NOTIFIER_FLUSH_INTERVAL", 0.025, float, minimum=0.0),
+            metrics_public=_flag(config, "NOTIFIER_METRICS_PUBLIC", False),
         )
+
+
+def server_port() -> int:
+    """``PORT``: where gunicorn binds (Heroku sets it), 8000 by default."""
+    return _number({}, "PORT", 8000, minimum=1)
+
+
+def server_workers() -> int:
+    """``WEB_CONCURRENCY``: how many gunicorn workers (Heroku sets it by dyno size), 1 by default."""
+    return _number({}, "WEB_CONCURRENCY", 1)
+
+
+def log_level() -> str:
+    """``NOTIFIER_LOG_LEVEL`` of the standalone server."""
+    return str(_raw({}, "NOTIFIER_LOG_LEVEL") or "INFO").upper()
+
+
+def metrics_dir() -> str | None:
+    """``PROMETHEUS_MULTIPROC_DIR``: where gunicorn's workers share their metrics.
+
+    gunicorn.conf.py makes a temporary one when it is unset; prometheus_client reads it too.
+    """
+    value = _raw({}, "PROMETHEUS_MULTIPROC_DIR")
+    return None if value is None else str(value)
+
+
+def local_url() -> str:
+    """This host's server, as the CLI reaches it when not given ``--url``."""
+    return f"http://127.0.0.1:{server_port()}"
 
 
 def check_workers(workers: int, settings: Settings | None = None) -> None:

@@ -97,9 +97,11 @@ class Subscriber:
 class Hub:
     """Thread-safe registry of one worker's subscribers; fans notifications out to them."""
 
-    def __init__(self, queue_size: int = 1024, flush_interval: float = FLUSH_INTERVAL) -> None:
+    def __init__(self, queue_size: int = 1024, flush_interval: float = FLUSH_INTERVAL,
+                 on_flush: Callable[[list[Notification]], None] | None = None) -> None:
         self.queue_size = queue_size
         self.flush_interval = flush_interval
+        self.on_flush = on_flush  # told each batch once it is written (metrics)
         self._lock = threading.Lock()
         self._index: dict[str, set[Subscriber]] = {}
         self._subscribers: set[Subscriber] = set()
@@ -194,6 +196,8 @@ class Hub:
             delivered = sum(self._send(notes, subs) for notes, subs in groups)
             took = time.monotonic() - started
             self._next_flush = started + min(self.flush_interval, FLUSH_COST_SHARE * took)
+            if batch and self.on_flush is not None:
+                self.on_flush(batch)
             return delivered
         except Exception:  # a loop callback must not raise; nothing here is expected to
             log.exception("fan-out failed")

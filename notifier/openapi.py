@@ -101,6 +101,17 @@ def spec(base_path: str = "") -> dict[str, Any]:
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "serving"}}}},
             "/readyz": {"get": {"summary": "Readiness: the broker is reachable",
                                 "responses": {"200": {"description": "ready"}, "503": _error("broker unavailable")}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics, summed over every worker",
+                "description": "Open to loopback peers; others need a publisher key (or NOTIFIER_METRICS_PUBLIC).",
+                "security": [{"publisherKey": []}, {}],
+                "responses": {
+                    "200": {"description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "401": _error("publisher key missing (not a loopback peer)"),
+                    "403": _error("wrong key, or not a loopback peer while NOTIFIER_API_KEYS is unset"),
+                },
+            }},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
             "/notifier.js": {"get": {"summary": "The browser client (WebSocket, SSE fallback, resume)",
                                      "responses": {"200": _text("the script", "text/javascript")}}},

@@ -6,6 +6,7 @@ import logging
 import weakref
 from typing import Any, Callable
 
+from . import metrics
 from .auth import check_topic_access
 from .broker import create_broker
 from .config import Settings
@@ -27,7 +28,7 @@ class State:
 
     def __init__(self, settings: Settings, identify: Identify | None = None) -> None:
         self.settings = settings
-        self.hub = Hub(settings.queue_size, settings.flush_interval)
+        self.hub = Hub(settings.queue_size, settings.flush_interval, on_flush=metrics.written)
         self.broker = create_broker(settings)
         self.identify = identify
         self.started = False
@@ -38,6 +39,7 @@ class State:
         if not self.started:
             self.started = True
             self.broker.start(self.hub.dispatch, self._gap)
+            metrics.watch(self.hub, self.broker)
             log.info("notifier started: %s", type(self.broker).__name__)
 
     def _gap(self) -> None:
@@ -48,14 +50,19 @@ class State:
         self.hub.close_all()
         self.broker.stop()
 
-    def publish_payload(self, payload: Any, publisher: str | None = None) -> str:
+    def publish_payload(self, payload: Any, publisher: str | None = None, *, start: bool = True) -> str:
         """Validate and publish one notification; returns its id once it is in history.
 
         A ``publisher`` is held to the publish rate (TooManyRequests when over it).
+        ``start=False`` publishes without following the broker (a CLI process has no
+        subscribers of its own).
         """
         fields = validate_publish(payload)
-        self.start()
-        return self.broker.publish(target_key(fields), fields["type"], encode_fields(fields), publisher)
+        if start:
+            self.start()
+        notification_id = self.broker.publish(target_key(fields), fields["type"], encode_fields(fields), publisher)
+        metrics.published()
+        return notification_id
 
     def resume(self, keys: set[str], last_id: str | None) -> tuple[list[Notification], str | None]:
         """What a connection resuming after ``last_id`` gets first, and the floor for live ones.
@@ -72,8 +79,10 @@ class State:
             # The reset carries the newest id, so a reconnect resumes from there; with an
             # empty history, the stale id itself, so a reconnect is reset again (never "").
             newest = self.broker.newest_id()
+            metrics.resumed(0, reset=True)
             return [reset_notification(newest or last_id, last_id)], newest
         entitled = [n for n in missed if n.target in keys]
+        metrics.resumed(len(entitled), reset=False)
         return entitled, (missed[-1].id if missed else last_id)
 
     def identify_user(self) -> str | None:

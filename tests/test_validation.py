@@ -82,3 +82,18 @@ def test_settings_come_from_config_then_environment_and_bad_values_name_the_key(
     with pytest.raises(ConfigError, match="REDIS_URL"):
         check_workers(2, Settings.load({}))
     check_workers(2, Settings.load({"REDIS_URL": "redis://127.0.0.1:1/0"}))
+
+
+def test_heroku_redis_tls_can_skip_verifying_its_self_signed_certificate(monkeypatch):
+    from notifier.config import Settings
+    from notifier.errors import ConfigError
+
+    monkeypatch.delenv("NOTIFIER_REDIS_VERIFY_TLS", raising=False)
+    url = "rediss://:pw@ec2.example:6380"
+    assert Settings.load({"REDIS_URL": url}).redis_url == url
+    off = {"REDIS_URL": url, "NOTIFIER_REDIS_VERIFY_TLS": "false"}
+    assert Settings.load(off).redis_url == url + "?ssl_cert_reqs=none"
+    assert Settings.load({**off, "REDIS_URL": url + "/0?db=1"}).redis_url == url + "/0?db=1&ssl_cert_reqs=none"
+    assert Settings.load({**off, "REDIS_URL": "redis://h:1"}).redis_url == "redis://h:1"  # no TLS, nothing to skip
+    with pytest.raises(ConfigError, match="NOTIFIER_REDIS_VERIFY_TLS"):
+        Settings.load({**off, "NOTIFIER_REDIS_VERIFY_TLS": "maybe"})

@@ -1,0 +1,143 @@
+"""``flask --app wsgi notifier ...``: mint tokens, send a notification, listen to the stream.
+
+The commands hang on the notifier blueprint's CLI group, so they exist wherever notifier
+is mounted (the standalone app and drop-in apps alike). ``send`` publishes in-process
+through the app's broker when that broker is Redis (every server following it gets it);
+otherwise, and always with ``--url``, it goes over HTTP through ``notifier.client``.
+``listen`` follows ``GET /events`` through ``notifier.client``: one JSON line per
+notification, resuming after drops.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from flask import Blueprint, current_app
+
+from .client import ClientError, publish, subscribe
+from .config import local_url
+from .errors import BrokerUnavailable, NotifierError
+from .tokens import DEFAULT_TTL, issue_token
+
+
+def _state() -> Any:
+    return current_app.extensions["notifier"]
+
+
+def _mounted_url() -> str:
+    """This host's server, with the prefix the notifier blueprint is mounted under."""
+    for rule in current_app.url_map.iter_rules():
+        if rule.endpoint == "notifier.healthz":
+            return local_url() + rule.rule[: -len("/healthz")]
+    return local_url()
+
+
+def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    try:
+        data = json.loads(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter("must be a JSON object, like '{\"id\": 17}'")
+    return data
+
+
+def register(bp: Blueprint) -> None:
+    """Add the ``token``, ``send`` and ``listen`` commands to the blueprint's CLI group."""
+
+    @bp.cli.command("token")
+    @click.argument("user")
+    @click.option("--topic", "topics", multiple=True, help="private topic to grant (repeatable; a trailing * grants a prefix)")
+    @click.option("--ttl", type=int, default=DEFAULT_TTL, show_default=True, help="seconds the token is valid")
+    def token_command(user: str, topics: tuple[str, ...], ttl: int) -> None:
+        """Print a subscriber token for USER, signed with NOTIFIER_SECRET."""
+        try:
+            click.echo(issue_token(_state().settings.secret, user, topics, ttl))
+        except (NotifierError, ValueError) as exc:
+            raise click.UsageError(str(exc)) from None
+
+    @bp.cli.command("send")
+    @click.argument("title")
+    @click.argument("message", required=False)
+    @click.option("--user", help="send to this user's connections")
+    @click.option("--topic", help="send to the connections subscribed to this topic")
+    @click.option("--type", "type_", metavar="TYPE", help="notification type (default: notification)")
+    @click.option("--data", callback=_json_object, metavar="JSON", help="a JSON object carried as data")
+    @click.option("--url", help="publish over HTTP to this server (default: through REDIS_URL, or this host's server)")
+    @click.option("--key", help="publisher key for --url (default: the first of NOTIFIER_API_KEYS)")
+    @click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds to wait for the server")
+    def send_command(title: str, message: str | None, user: str | None, topic: str | None, type_: str | None,
+                     data: dict[str, Any] | None, url: str | None, key: str | None, timeout: float) -> None:
+        """Publish a notification with TITLE (and MESSAGE); prints its id.
+
+        Without --user or --topic it goes to every connection.
+        """
+        if user is not None and topic is not None:
+            raise click.UsageError("give --user or --topic, not both")
+        st = _state()
+        if url is None and st.settings.redis_url:
+            payload = {"title": title, "message": message, "user_id": user, "topic": topic, "type": type_, "data": data}
+            try:
+                notification_id = st.publish_payload({k: v for k, v in payload.items() if v is not None}, start=False)
+            except BrokerUnavailable as exc:
+                raise click.ClickException(f"not sent: {exc.message}") from None
+            except NotifierError as exc:
+                raise click.UsageError(exc.message) from None
+        else:
+            target = url or _mounted_url()
+            try:
+                notification_id = publish(title, message, user=user, topic=topic, type=type_, data=data, url=target,
+                                          key=key or next(iter(st.settings.api_keys), None), timeout=timeout)
+            except ValueError as exc:  # a malformed --url
+                raise click.BadParameter(str(exc), param_hint="--url") from None
+            except ClientError as exc:
+                if exc.status is not None and 400 <= exc.status < 500:
+                    raise click.UsageError(f"{target} refused it ({exc.status}): {exc.error}") from None
+                raise click.ClickException(f"not sent: {exc}") from None
+        click.echo(notification_id)
+
+    @bp.cli.command("listen")
+    @click.option("--topic", "topics", multiple=True, help="topic to subscribe to (repeatable)")
+    @click.option("--token", help="subscriber token (see the token command)")
+    @click.option("--user", help="listen as this user: mints a fresh token with NOTIFIER_SECRET at every connect")
+    @click.option("--url", help="the server (default: this host's, on $PORT)")
+    @click.option("--last-event-id", help="resume after this notification id")
+    @click.option("--count", type=int, help="exit after this many notifications")
+    @click.option("--read-timeout", type=float, default=60.0, show_default=True,
+                  help="seconds of silence (no keepalive either) before reconnecting")
+    def listen_command(topics: tuple[str, ...], token: str | None, user: str | None, url: str | None,
+                       last_event_id: str | None, count: int | None, read_timeout: float) -> None:
+        """Print each notification as it arrives, one JSON line each; reconnects and resumes after drops."""
+        if token is not None and user is not None:
+            raise click.UsageError("give --token or --user, not both")
+        source: Any = token
+        if user is not None:
+            secret, private = _state().settings.secret, tuple(t for t in topics if t.startswith("private-"))
+
+            def source() -> str:
+                return issue_token(secret, user, private, DEFAULT_TTL)
+
+            try:
+                source()  # fails here, not at connect time, without NOTIFIER_SECRET
+            except (NotifierError, ValueError) as exc:
+                raise click.UsageError(str(exc)) from None
+        subscription = subscribe(url or _mounted_url(), topics, source, last_event_id or None,
+                                 read_timeout=read_timeout)
+        seen = 0
+        try:
+            for notification in subscription:
+                click.echo(json.dumps(notification, separators=(",", ":"), ensure_ascii=False))
+                seen += 1
+                if count is not None and seen >= count:
+                    break
+        except ValueError as exc:  # a malformed --url
+            raise click.BadParameter(str(exc), param_hint="--url") from None
+        except ClientError as exc:
+            raise click.ClickException(f"refused: {exc}") from None
+        except KeyboardInterrupt:
+            pass
+        finally:
+            subscription.close()
