@@ -16,9 +16,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 #: route -> (file in static/, Content-Type)
 FILES = {
-    "/notifier.js": ("notifier.js", "text/javascript; charset=utf-8"),
+    # text/* types get "; charset=utf-8" from werkzeug; others carry it here
+    "/notifier.js": ("notifier.js", "text/javascript"),
     "/notifier.d.ts": ("notifier.d.ts", "application/typescript; charset=utf-8"),
-    "/demo": ("demo.html", "text/html; charset=utf-8"),
+    "/demo": ("demo.html", "text/html"),
 }
 
 
