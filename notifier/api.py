@@ -159,6 +159,8 @@ def create_blueprint() -> Blueprint:
             # (a NotifierError raised here becomes its JSON error response).
             check_handshake(request.headers)
             g.notifier_ws = True  # simple-websocket starts no reader: transport_ws reads
+            # (again here: the host app may have replaced SOCK_SERVER_OPTIONS since init_app)
+            transport_ws.install_reader(current_app.config.setdefault("SOCK_SERVER_OPTIONS", {}))
             g.notifier_request = SubscribeRequest(st)
             g.notifier_last_id = check_last_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
             # permessage-deflate costs ~170 KB and 2x CPU per connection: never offer it.

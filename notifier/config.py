@@ -5,6 +5,7 @@ with a ``ConfigError`` that names the key.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -30,6 +31,8 @@ def _number(config: Mapping[str, Any], key: str, default: float, cast: type = in
     except (TypeError, ValueError):
         kind = "a whole number" if cast is int else "a number"
         raise ConfigError(key, f"expected {kind}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(key, f"must be a finite number, got {value!r}")
     if number < minimum:
         raise ConfigError(key, f"must be at least {minimum}, got {number}")
     return number

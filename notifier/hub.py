@@ -110,6 +110,9 @@ class Hub:
         self._flush_pending = False
         self._next_flush = 0.0
         self._timer: Any = None
+        # Flushes run on the event loop of the thread that made the hub (the worker's);
+        # a dispatch from another OS thread hands the scheduling over to it.
+        self._loop_hub = gevent.get_hub()
         self.delivered = 0
         self.dropped_slow = 0
 
@@ -171,7 +174,13 @@ class Hub:
             if self._flush_pending:
                 return
             self._flush_pending = True
-        loop = gevent.get_hub().loop
+        if threading.get_ident() == self._loop_hub.thread_ident:
+            self._schedule()
+        else:
+            self._loop_hub.loop.run_callback_threadsafe(self._schedule)
+
+    def _schedule(self) -> None:
+        loop = self._loop_hub.loop
         wait = self._next_flush - time.monotonic()
         if wait <= 0:
             loop.run_callback(self.flush)

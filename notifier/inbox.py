@@ -38,8 +38,8 @@ class Inbox:
             raise Full
         self._items.append(item)
         waiter = self._waiting
-        if waiter is not None:
-            get_hub().loop.run_callback(self._wake, waiter)
+        if waiter is not None and len(self._items) == 1:  # the reader waits on an empty inbox:
+            get_hub().loop.run_callback(self._wake, waiter)  # one wake-up for the first item
 
     def get_nowait(self) -> Any:
         if not self._items:

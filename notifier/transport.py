@@ -65,13 +65,13 @@ def os_socket(sock: Any) -> Any:
 
 
 def pump(sub: Subscriber, sock: Any, heartbeat: float, keepalive: bytes, floor: str | None,
-         extra: Callable[[], list[bytes] | None] | None = None) -> None:
+         extra: Callable[[], tuple[list[bytes], bool]] | None = None) -> None:
     """Move a subscriber's queue onto ``sock`` until it is closed: the loop of both transports.
 
     While nothing is queued and no resume floor is left, the subscriber is ``idle`` and
     the hub writes to its socket directly; any item in the queue wakes this loop, which
     then drains everything into one write. ``extra`` adds replies (WebSocket client
-    messages) and returns None once the client has gone.
+    messages), written after the drained bytes, and says when the client has gone.
     """
     queue = sub.queue
     wire = sub.wire
@@ -88,13 +88,14 @@ def pump(sub: Subscriber, sock: Any, heartbeat: float, keepalive: bytes, floor: 
                 continue
             sub.idle = False
             chunks, floor = drain(queue, item, wire, floor)
+            gone = False
             if extra is not None:
-                more = extra()
-                if more is None:
-                    return
+                more, gone = extra()
                 chunks.extend(more)
             if chunks:
                 sock.sendall(b"".join(chunks))
+            if gone:
+                return
     finally:
         sub.idle = False
 

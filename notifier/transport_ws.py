@@ -28,13 +28,15 @@ log = logging.getLogger(__name__)
 
 PING = b"\x89\x00"
 CLOSE_WRITE_TIMEOUT = 1.0
-RECEIVE_BYTES = 65536
+RECEIVE_BYTES = 4096
 
 OnMessage = Callable[[Subscriber, Any], dict]
 
 
-MAX_PENDING_MESSAGES = 64
-"""Client messages waiting to be answered before the client counts as flooding (1008)."""
+MAX_PENDING_MESSAGES = 128
+"""Messages in one read (RECEIVE_BYTES) past which the client counts as flooding (1008).
+The socket is read again only once everything read before is answered, so this bounds
+what waits; 100 topic subscriptions sent at once (NOTIFIER_MAX_TOPICS) stay below it."""
 MESSAGES_PER_WAKE = 16
 
 
@@ -99,9 +101,20 @@ class LingeringSocket:
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        # While not None, what simple-websocket sends (pongs, close replies, 1009) is
+        # kept here, so the writer sends it after what it has drained, never inside a
+        # frame whose rest is still queued.
+        self.outbox: list[bytes] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+    def send(self, data: bytes) -> int:
+        if self.outbox is not None:
+            self.outbox.append(data)
+        else:
+            self._sock.sendall(data)  # simple-websocket does not retry a partial send
+        return len(data)
 
     def close(self) -> None:
         sock = self._sock
@@ -132,7 +145,7 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
     are skipped as already sent.
     """
     sock: socket.socket = ws.sock
-    ws.sock = LingeringSocket(sock)  # closed the polite way in finish()
+    ws.sock = lingering = LingeringSocket(sock)  # closed the polite way in finish()
     ws.event = NO_EVENT
     raw = os_socket(sock)
     running = [True]
@@ -148,29 +161,34 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
         except Full:
             pass  # the writer is awake anyway: it has a full queue to drain
 
-    def replies() -> list[bytes] | None:
-        """Read what the client sent (if anything) and answer its messages; None once it has gone."""
+    def replies() -> tuple[list[bytes], bool]:
+        """Read what the client sent (if anything) and answer it: (frames to send, client gone)."""
+        out: list[bytes] = []
         if readable[0]:
             readable[0] = False
+            lingering.outbox = out
             try:
                 data = raw.recv(RECEIVE_BYTES)
                 if not data:
-                    return None
+                    return out, True
                 ws.ws.receive_data(data)
                 ws.connected = ws._handle_events()  # answers pings and closes, fills input_buffer
             except BlockingIOError:
                 pass
             except (OSError, LocalProtocolError):
-                return None
+                ws.connected = False
+                return out, True
+            finally:
+                lingering.outbox = None
             if not ws.connected:
                 log.debug("websocket closed by client (%s)", ws.close_reason)
-                return None
+                return out, True
             if len(ws.input_buffer) > MAX_PENDING_MESSAGES:
                 ws.input_buffer.clear()
                 sub.close(POLICY, "too many messages")
-                return []
-        answers = [json_frame(on_message(sub, ws.input_buffer.pop(0)))
-                   for _ in range(min(len(ws.input_buffer), MESSAGES_PER_WAKE))]
+                return out, False
+        out.extend(json_frame(on_message(sub, ws.input_buffer.pop(0)))
+                   for _ in range(min(len(ws.input_buffer), MESSAGES_PER_WAKE)))
         if ws.input_buffer:  # more to answer: come back after others had their turn
             try:
                 sub.queue.put_nowait(WAKE)
@@ -178,7 +196,7 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
                 pass  # a full queue wakes the writer anyway
         elif not readable[0]:
             watcher.start(on_readable)
-        return answers
+        return out, False
 
     try:
         if replay:
@@ -202,8 +220,8 @@ def close(ws: Any, code: int, reason: str) -> None:
     try:
         with gevent.Timeout(CLOSE_WRITE_TIMEOUT, False):
             ws.close(reason=code, message=reason)
-    except (OSError, ConnectionClosed):
-        pass
+    except (OSError, ConnectionClosed, LocalProtocolError):
+        pass  # gone, or closing already (a 1009 was sent)
 
 
 def finish(ws: Any) -> None:

@@ -186,3 +186,20 @@ def test_dispatch_flushes_from_the_event_loop():
     gevent.sleep(0)
     gevent.sleep(0.05)
     assert [n.id for n in queued(sub)] == [note(3).id]
+
+
+def test_a_dispatch_from_another_os_thread_is_flushed_by_the_hubs_own_loop():
+    import threading
+
+    import gevent
+
+    hub = Hub()
+    sub = hub.subscribe("ws")
+    thread = threading.Thread(target=hub.dispatch, args=(note(1),))
+    thread.start()
+    thread.join(5)
+    gevent.sleep(0.05)
+    assert [n.id for n in queued(sub)] == [note(1).id]
+    hub.dispatch(note(2))  # and the loop keeps flushing afterwards
+    gevent.sleep(0.1)
+    assert [n.id for n in queued(sub)] == [note(2).id]

@@ -111,3 +111,15 @@ def test_redis_down_when_the_worker_starts_loses_nothing_once_it_is_back(notifie
         else:
             time.sleep(0.1)
     assert [m["id"] for m in sse.notifications(3, timeout=15)] == ids
+
+
+def test_a_hundred_subscriptions_sent_at_once_are_all_answered(server, closing):
+    """notifier.js subscribes to every topic at once: up to NOTIFIER_MAX_TOPICS in one read."""
+    client = closing(WSClient(server.url))
+    frames = [websocket.ABNF.create_frame(f'{{"action": "subscribe", "topic": "t{i}"}}', websocket.ABNF.OPCODE_TEXT)
+              for i in range(100)]
+    client.ws.sock.sendall(b"".join(f.format() for f in frames))
+    replies = [client.recv_json(5) for _ in range(100)]
+    assert all("error" not in r for r in replies), replies[:3]
+    nid = publish(server.url, title="to t99", topic="t99")
+    assert client.next_notification(5)["id"] == nid

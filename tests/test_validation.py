@@ -75,7 +75,8 @@ def test_settings_come_from_config_then_environment_and_bad_values_name_the_key(
     assert Settings.load({}).queue_size == 7
     assert Settings.load({"NOTIFIER_QUEUE_SIZE": 9}).queue_size == 9
     assert Settings.load({"NOTIFIER_API_KEYS": " a, b ,"}).api_keys == ("a", "b")
-    for key, value in [("NOTIFIER_QUEUE_SIZE", "many"), ("NOTIFIER_HEARTBEAT", "0"), ("REDIS_URL", "http://x")]:
+    for key, value in [("NOTIFIER_QUEUE_SIZE", "many"), ("NOTIFIER_HEARTBEAT", "0"), ("REDIS_URL", "http://x"),
+                       ("NOTIFIER_FLUSH_INTERVAL", "nan"), ("NOTIFIER_HEARTBEAT", "inf")]:
         with pytest.raises(ConfigError) as info:
             Settings.load({key: value})
         assert info.value.key == key

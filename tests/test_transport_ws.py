@@ -1,0 +1,87 @@
+"""The WebSocket writer in-process: what simple-websocket sends for the client (a pong)
+goes out after the rest of a half-written notification frame, never inside it."""
+import base64
+import os
+import struct
+import time
+
+import gevent
+from gevent import socket
+from simple_websocket import Server
+
+from notifier import transport_ws
+from notifier.hub import Hub
+from notifier.notification import BROADCAST, Notification, encode_fields, format_id
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + bytes(
+        b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def read_frames(sock, count: int) -> list[tuple[int, int]]:
+    """(opcode, payload length) of the next ``count`` server frames; raises on a malformed one."""
+    buf, frames = b"", []
+
+    def need(n: int) -> None:
+        nonlocal buf
+        while len(buf) < n:
+            data = sock.recv(65536)
+            assert data, "connection closed"
+            buf += data
+
+    while len(frames) < count:
+        need(2)
+        b0, b1 = buf[0], buf[1]
+        assert b0 & 0x70 == 0 and b0 & 0x0F in (1, 2, 8, 9, 10), f"not a frame start: {buf[:8]!r}"
+        n, off = b1 & 0x7F, 2
+        if n == 126:
+            need(4)
+            n, off = struct.unpack("!H", buf[2:4])[0], 4
+        elif n == 127:
+            need(10)
+            n, off = struct.unpack("!Q", buf[2:10])[0], 10
+        need(off + n)
+        frames.append((b0 & 0x0F, n))
+        buf = buf[off + n:]
+    return frames
+
+
+def test_a_pong_is_sent_after_a_half_written_frame_not_inside_it():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(listener.getsockname())
+    server_sock, _ = listener.accept()
+    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    environ = {"gunicorn.socket": server_sock, "HTTP_HOST": "x", "HTTP_UPGRADE": "websocket",
+               "HTTP_CONNECTION": "Upgrade", "HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(os.urandom(16)).decode(),
+               "HTTP_SEC_WEBSOCKET_VERSION": "13"}
+    ws = Server(environ, thread_class=transport_ws.ReaderThread(lambda target: transport_ws._NoThread()))
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += client.recv(1)
+    hub = Hub()
+    sub = hub.subscribe("ws")
+    writer = gevent.spawn(transport_ws.serve, ws, hub, sub, 30, lambda s, m: {"ok": True})
+    try:
+        gevent.sleep(0.05)
+        assert sub.idle
+        big = Notification(format_id(1_700_000_000_000, 1), BROADCAST, "t", encode_fields({"message": "x" * 200_000}))
+        small = Notification(format_id(1_700_000_000_000, 2), BROADCAST, "t", encode_fields({"message": "y"}))
+        hub._next_flush = time.monotonic() + 0.01  # right after a flush: this one waits for its timer
+        hub.dispatch(big)
+        hub.dispatch(small)
+        client.sendall(masked_frame(9, b"ping"))
+        time.sleep(0.05)  # the worker is busy: the flush and the ping are due in the same loop iteration
+        with gevent.Timeout(5):
+            frames = read_frames(client, 3)
+        assert sorted(frames) == sorted([(1, len(big.ws_frame) - 10), (1, len(small.ws_frame) - 2), (10, 4)])
+        assert frames[0] == (1, len(big.ws_frame) - 10)  # the big one first, whole
+    finally:
+        writer.kill()
+        client.close()
+        listener.close()
