@@ -159,7 +159,7 @@ def create_blueprint() -> Blueprint:
             # (a NotifierError raised here becomes its JSON error response).
             check_handshake(request.headers)
             g.notifier_ws = True  # simple-websocket starts no reader: transport_ws reads
-            # (again here: the host app may have replaced SOCK_SERVER_OPTIONS since init_app)
+            # (set here, per handshake: the host app may replace SOCK_SERVER_OPTIONS any time)
             transport_ws.install_reader(current_app.config.setdefault("SOCK_SERVER_OPTIONS", {}))
             g.notifier_request = SubscribeRequest(st)
             g.notifier_last_id = check_last_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))

@@ -20,12 +20,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask("notifier")
     if config:
         app.config.update(config)
-    notifier = Notifier(app)
+    Notifier(app)
     # Our own app: give simple-websocket the message limit from the start, so not even a
     # message that arrives with the handshake escapes it (drop-in sets it a moment later).
     limit = app.extensions["notifier"].settings.max_message_bytes
-    app.config["SOCK_SERVER_OPTIONS"].setdefault("max_message_size", limit)
-    del notifier
+    app.config.setdefault("SOCK_SERVER_OPTIONS", {}).setdefault("max_message_size", limit)
 
     @app.errorhandler(HTTPException)
     def json_error(exc: HTTPException) -> Response:

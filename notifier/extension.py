@@ -14,7 +14,6 @@ from .config import Settings
 from .errors import NotifierError
 from .state import Identify, State
 from .tokens import DEFAULT_TTL, issue_token
-from .transport_ws import install_reader
 
 
 class Notifier:
@@ -31,7 +30,6 @@ class Notifier:
         """Mount the routes (under ``url_prefix``) and set up this app's hub and broker."""
         state = State(Settings.load(app.config), self._identify)
         app.extensions["notifier"] = state
-        install_reader(app.config.setdefault("SOCK_SERVER_OPTIONS", {}))
         app.register_blueprint(create_blueprint(), url_prefix=url_prefix)
         self._state = state  # the last app, for publish() outside an app context
 

@@ -81,15 +81,19 @@ class Subscriber:
     def closed(self) -> bool:
         return self.close_code is not None
 
+    def wake(self) -> None:
+        """Wake the transport's writer (to close, or to read what the client sent)."""
+        try:
+            self.queue.put_nowait(WAKE)
+        except Full:
+            pass  # awake anyway: it has a full queue to drain
+
     def close(self, code: int, reason: str) -> None:
         """Mark closed and wake the transport, which ends the connection with ``code``."""
         if self.close_code is not None:
             return
         self.close_code, self.close_reason = code, reason
-        try:
-            self.queue.put_nowait(WAKE)
-        except Full:
-            pass  # the transport is awake anyway: it has a full queue to drain
+        self.wake()
         if self.on_cut is not None:
             self.on_cut()
 

@@ -16,11 +16,10 @@ from typing import Any, Callable, Sequence
 
 import gevent
 from flask import g, has_request_context
-from gevent.queue import Full
 from simple_websocket import ConnectionClosed
 from wsproto.utilities import LocalProtocolError
 
-from .hub import POLICY, WAKE, Hub, Subscriber
+from .hub import POLICY, Hub, Subscriber
 from .notification import Notification, ws_text_frame
 from .transport import os_socket, pump, shut_later
 
@@ -52,6 +51,9 @@ class _NoThread:
         pass
 
 
+NO_THREAD = _NoThread()
+
+
 class _NoEvent:
     """simple-websocket's wake-up event, unused: the writer reads and answers itself."""
 
@@ -68,8 +70,8 @@ NO_EVENT = _NoEvent()
 class ReaderThread:
     """simple-websocket's ``thread_class``: no reader for notifier's /ws, the usual one elsewhere.
 
-    Set in ``SOCK_SERVER_OPTIONS`` by ``Notifier.init_app``; a host app's own flask-sock
-    routes keep their reader (``base``, or ``threading.Thread`` as simple-websocket uses).
+    Put in ``SOCK_SERVER_OPTIONS`` before each notifier /ws handshake; a host app's own
+    flask-sock routes keep their reader (``base``, or ``threading.Thread`` as simple-websocket uses).
     """
 
     def __init__(self, base: Any = None) -> None:
@@ -77,7 +79,7 @@ class ReaderThread:
 
     def __call__(self, target: Callable[[], None]) -> Any:
         if has_request_context() and g.get("notifier_ws"):
-            return _NoThread()
+            return NO_THREAD
         return (self.base or threading.Thread)(target=target)
 
 
@@ -156,10 +158,7 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
     def on_readable() -> None:  # a loop callback: note it, wake the writer
         watcher.stop()
         readable[0] = True
-        try:
-            sub.queue.put_nowait(WAKE)
-        except Full:
-            pass  # the writer is awake anyway: it has a full queue to drain
+        sub.wake()
 
     def replies() -> tuple[list[bytes], bool]:
         """Read what the client sent (if anything) and answer it: (frames to send, client gone)."""
@@ -190,10 +189,7 @@ def serve(ws: Any, hub: Hub, sub: Subscriber, heartbeat: float, on_message: OnMe
         out.extend(json_frame(on_message(sub, ws.input_buffer.pop(0)))
                    for _ in range(min(len(ws.input_buffer), MESSAGES_PER_WAKE)))
         if ws.input_buffer:  # more to answer: come back after others had their turn
-            try:
-                sub.queue.put_nowait(WAKE)
-            except Full:
-                pass  # a full queue wakes the writer anyway
+            sub.wake()
         elif not readable[0]:
             watcher.start(on_readable)
         return out, False

@@ -60,7 +60,7 @@ def test_a_pong_is_sent_after_a_half_written_frame_not_inside_it():
     environ = {"gunicorn.socket": server_sock, "HTTP_HOST": "x", "HTTP_UPGRADE": "websocket",
                "HTTP_CONNECTION": "Upgrade", "HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(os.urandom(16)).decode(),
                "HTTP_SEC_WEBSOCKET_VERSION": "13"}
-    ws = Server(environ, thread_class=transport_ws.ReaderThread(lambda target: transport_ws._NoThread()))
+    ws = Server(environ, thread_class=lambda target: transport_ws.NO_THREAD)  # as for notifier's /ws
     response = b""
     while b"\r\n\r\n" not in response:
         response += client.recv(1)
