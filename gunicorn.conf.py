@@ -2,12 +2,21 @@
 import glob
 import os
 import shutil
+import sys
 import tempfile
 
 from notifier.config import Settings, metrics_dir, server_port, server_workers
+from notifier.errors import ConfigError
 
-bind = f"0.0.0.0:{server_port()}"
-workers = server_workers()
+try:
+    # Settings from the environment, checked before anything starts: a bad value is one
+    # line, not a traceback. The app's own (app.config included) are checked by each
+    # worker against these in post_worker_init (notifier.lifecycle.check_server).
+    _settings = Settings.load(standalone=True)
+    bind = f"0.0.0.0:{server_port()}"
+    workers = server_workers()
+except ConfigError as _exc:
+    sys.exit(f"notifier cannot start: {_exc}")
 worker_class = "gevent"
 # gevent records, for every greenlet, the stack that spawned it (for debugging tools):
 # ~1 KB and a dozen objects per connection here. Off unless asked for.
@@ -16,7 +25,7 @@ os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "false")
 # Every open WebSocket/SSE connection holds one of these slots for its whole life;
 # gunicorn's default (1000) would cap a worker at 1000 subscribers.
 # notifier keeps a reserve of them for publishes and health checks (Settings.max_subscribers).
-worker_connections = Settings.load().worker_connections
+worker_connections = _settings.worker_connections
 # The gevent worker heartbeats from its own greenlet, so long-lived connections never
 # trip this; it only catches a worker whose event loop is truly stuck.
 timeout = 30
@@ -48,14 +57,6 @@ _created_metrics_dir = None
 
 def on_starting(server):
     # Imports only notifier.config: gevent must not load in the master.
-    from notifier.config import check_workers
-    from notifier.errors import ConfigError
-
-    try:
-        check_workers(server.cfg.workers)
-    except ConfigError as exc:
-        server.log.error("notifier cannot start: %s", exc)
-        raise SystemExit(1) from None
     global _created_metrics_dir
     directory = metrics_dir()
     if directory is None:

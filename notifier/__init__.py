@@ -20,7 +20,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 
-_LAZY = {"Notifier": ".extension", "create_app": ".app", "Settings": ".config"}
+_LAZY = {"Notifier": ".flask", "create_app": ".app", "Settings": ".config"}
 
 __all__ = [
     "BrokerUnavailable",

@@ -8,7 +8,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from .config import log_level
-from .extension import Notifier
+from .flask import Notifier
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -20,11 +20,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask("notifier")
     if config:
         app.config.update(config)
-    Notifier(app)
-    # Our own app: give simple-websocket the message limit from the start, so not even a
-    # message that arrives with the handshake escapes it (drop-in sets it a moment later).
-    limit = app.extensions["notifier"].settings.max_message_bytes
-    app.config.setdefault("SOCK_SERVER_OPTIONS", {}).setdefault("max_message_size", limit)
+    Notifier().init_app(app, standalone=True)
 
     @app.errorhandler(HTTPException)
     def json_error(exc: HTTPException) -> Response:

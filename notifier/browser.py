@@ -7,7 +7,6 @@ URLs relative to where they were loaded from.
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Callable
 
 from flask import Blueprint, Response, send_file
@@ -23,9 +22,11 @@ FILES = {
 }
 
 
-def register(bp: Blueprint) -> None:
-    """Add the browser routes to the notifier blueprint."""
+def register(bp: Blueprint, demo: bool = True) -> None:
+    """Add the browser routes to the notifier blueprint (``/demo`` only when ``demo``)."""
     for rule, (name, mimetype) in FILES.items():
+        if rule == "/demo" and not demo:
+            continue
         bp.add_url_rule(rule, endpoint=name.replace(".", "_"), view_func=_sender(name, mimetype))
 
 

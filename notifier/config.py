@@ -60,18 +60,30 @@ def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
     raise ConfigError(key, f"expected true or false, got {value!r}")
 
 
-def _redis_url(config: Mapping[str, Any]) -> str | None:
-    url = _raw(config, "REDIS_URL")
-    if url is None:
-        return None
-    url = str(url)
+REDIS_URL_KEYS = ("NOTIFIER_REDIS_URL", "REDIS_URL")
+"""Where the broker's Redis comes from, first found wins: a host app's own REDIS_URL (its
+cache, say) is only taken when NOTIFIER_REDIS_URL is not set, and the log says which."""
+
+
+def _redis_url(config: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(the Redis URL, the key it came from), or (None, None) for the in-process broker."""
+    key = next((k for k in REDIS_URL_KEYS if _raw(config, k) is not None), None)
+    if key is None:
+        return None, None
+    url = str(_raw(config, key)).strip()
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("REDIS_URL", "must start with redis:// or rediss://")
+        raise ConfigError(key, "must start with redis://, rediss:// or unix://")
     # Heroku Redis serves TLS with a self-signed certificate: its docs say not to verify it.
     if url.startswith("rediss://") and not _flag(config, "NOTIFIER_REDIS_VERIFY_TLS", True) \
             and "ssl_cert_reqs=" not in url:
         url += ("&" if "?" in url else "?") + "ssl_cert_reqs=none"
-    return url
+    try:
+        from redis.connection import parse_url
+
+        parse_url(url)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(key, f"is not a valid Redis URL ({exc})") from None
+    return url, key
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,10 @@ class Settings:
     worker_connections: int
     flush_interval: float
     metrics_public: bool
+    demo: bool
+    metrics_route: bool
+    openapi_route: bool
+    redis_url_key: str | None = None
 
     @property
     def max_subscribers(self) -> int:
@@ -100,11 +116,16 @@ class Settings:
         return max(1, self.worker_connections - max(10, self.worker_connections // 20))
 
     @classmethod
-    def load(cls, config: Mapping[str, Any] | None = None) -> "Settings":
-        """Read every setting from ``config`` (e.g. ``app.config``), else the environment."""
+    def load(cls, config: Mapping[str, Any] | None = None, standalone: bool = False) -> "Settings":
+        """Read every setting from ``config`` (e.g. ``app.config``), else the environment.
+
+        ``standalone``: notifier's own server, not a host app (the demo page is on by default).
+        """
         config = config or {}
+        redis_url, redis_url_key = _redis_url(config)
         return cls(
-            redis_url=_redis_url(config),
+            redis_url=redis_url,
+            redis_url_key=redis_url_key,
             secret=_raw(config, "NOTIFIER_SECRET"),
             api_keys=_list(config, "NOTIFIER_API_KEYS"),
             allowed_origins=_list(config, "NOTIFIER_ALLOWED_ORIGINS"),
@@ -120,6 +141,9 @@ class Settings:
             worker_connections=_number(config, "NOTIFIER_WORKER_CONNECTIONS", 10000, minimum=20),
             flush_interval=_number(config, "NOTIFIER_FLUSH_INTERVAL", 0.025, float, minimum=0.0),
             metrics_public=_flag(config, "NOTIFIER_METRICS_PUBLIC", False),
+            demo=_flag(config, "NOTIFIER_DEMO", standalone),
+            metrics_route=_flag(config, "NOTIFIER_METRICS", True),
+            openapi_route=_flag(config, "NOTIFIER_OPENAPI", True),
         )
 
 

@@ -63,3 +63,16 @@ class WorkerFull(NotifierError):
 
     status = 503
     retry_after = 1
+
+
+class ShuttingDown(NotifierError):
+    """This worker is stopping and takes no new subscribers: the client retries elsewhere (503)."""
+
+    status = 503
+    retry_after = 1
+
+
+class ServerUnsupported(NotifierError):
+    """The WSGI server cannot carry a stream (one request at a time, or no socket handed over)."""
+
+    status = 500

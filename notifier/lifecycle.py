@@ -2,34 +2,60 @@
 
 The follower must start after gevent has patched the worker (``post_worker_init``), and
 long-lived connections never end by themselves, so a watcher closes them politely
-(WebSocket 1001, end of SSE stream) as soon as the worker is told to stop.
+(WebSocket 1001, end of SSE stream) as soon as the worker is told to stop. The app's
+own settings (``app.config`` included) are checked against gunicorn's here, where both
+are known: a worker that cannot serve them refuses to boot, and gunicorn stops.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
 from typing import Any
 
-from .state import STATES
+from .config import check_workers
+from .errors import ConfigError
+from .service import SERVICES
 
 log = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 0.1
+WORKER_BOOT_ERROR = 3
+"""gunicorn's exit code for a worker that failed to boot: the master then stops, with a reason."""
 
 
 def start_all() -> None:
-    for state in list(STATES):
-        state.start()
+    for service in list(SERVICES):
+        service.start()
 
 
 def stop_all() -> None:
-    for state in list(STATES):
-        state.stop()
+    for service in list(SERVICES):
+        service.stop()
+
+
+def check_server(worker: Any) -> None:
+    """Hold every app's notifier settings to gunicorn's: workers need Redis to share; the
+    connection cap is gunicorn's ``worker_connections``."""
+    for service in list(SERVICES):
+        try:
+            check_workers(worker.cfg.workers, service.settings)
+        except ConfigError as exc:
+            log.error("notifier cannot start: %s", exc)
+            sys.exit(WORKER_BOOT_ERROR)
+        slots = worker.cfg.worker_connections
+        if service.settings.worker_connections != slots:
+            log.warning("NOTIFIER_WORKER_CONNECTIONS is %d in the app but gunicorn's worker_connections is %d: "
+                        "using %d (set it in the environment, where gunicorn.conf.py reads it)",
+                        service.settings.worker_connections, slots, slots)
+            service.settings = dataclasses.replace(service.settings, worker_connections=slots)
 
 
 def watch_worker(worker: Any) -> None:
-    """In a gunicorn worker: start every notifier, and stop them all when the worker stops."""
+    """In a gunicorn gevent worker: start every notifier, and stop them all when the worker stops."""
     import gevent
 
+    check_server(worker)
     start_all()
 
     def watch() -> None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import jwt
 
-from .errors import ConfigError, Unauthorized
+from .errors import ConfigError, InvalidNotification, Unauthorized
+from .validation import user_id_of
 
 ALGORITHM = "HS256"
 DEFAULT_TTL = 3600
@@ -29,13 +30,15 @@ class Grant:
         return any(topic == p or (p.endswith("*") and topic.startswith(p[:-1])) for p in self.topics)
 
 
-def issue_token(secret: str | None, user_id: str, topics: tuple[str, ...] | list[str] = (),
+def issue_token(secret: str | None, user_id: str | int, topics: tuple[str, ...] | list[str] = (),
                 ttl: int = DEFAULT_TTL) -> str:
     """A signed token for ``user_id`` granting ``topics``, valid for ``ttl`` seconds."""
     if not secret:
         raise ConfigError("NOTIFIER_SECRET", "needed to issue tokens")
-    if not isinstance(user_id, str) or not 1 <= len(user_id) <= 128:
-        raise ValueError("user_id must be a string of 1-128 characters")
+    try:
+        user_id = user_id_of(user_id)
+    except InvalidNotification as exc:
+        raise ValueError(exc.message) from None
     if ttl <= 0:
         raise ValueError("ttl must be positive")
     claims = {"sub": user_id, "exp": int(time.time()) + int(ttl)}

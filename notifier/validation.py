@@ -5,7 +5,7 @@ import re
 from typing import Any
 
 from .errors import InvalidNotification
-from .notification import now_iso
+from .core.notification import now_iso
 
 TYPE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 TOPIC_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
@@ -20,6 +20,18 @@ def check_topic(topic: Any) -> str:
     if not TOPIC_RE.fullmatch(topic):
         raise InvalidNotification("topic must be 1-128 characters of A-Z a-z 0-9 _ . : / -")
     return topic
+
+
+def user_id_of(value: Any, what: str = "user_id") -> str:
+    """A user id as notifier keeps it: a string of 1-128 characters; an int (a database id) as
+    its decimal string. The same rule for ``publish()``, ``identify()``, tokens and POST /notify."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InvalidNotification(f"{what} must be a string or an integer")
+    if not 1 <= len(value) <= 128:
+        raise InvalidNotification(f"{what} must be 1-128 characters")
+    return value
 
 
 def _string(payload: dict[str, Any], key: str, max_len: int | None, min_len: int = 0) -> str | None:
@@ -49,7 +61,7 @@ def validate_publish(payload: Any) -> dict[str, Any]:
     message = _string(payload, "message", None)
     if title is None and message is None:
         raise InvalidNotification("at least one of title, message is required")
-    user_id = _string(payload, "user_id", 128, min_len=1)
+    user_id = user_id_of(payload["user_id"]) if "user_id" in payload else None
     topic = check_topic(payload["topic"]) if "topic" in payload else None
     if user_id is not None and topic is not None:
         raise InvalidNotification("give user_id or topic, not both")

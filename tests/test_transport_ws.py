@@ -1,4 +1,4 @@
-"""The WebSocket writer in-process: what simple-websocket sends for the client (a pong)
+"""The WebSocket session in-process: what simple-websocket sends for the client (a pong)
 goes out after the rest of a half-written notification frame, never inside it."""
 import base64
 import os
@@ -7,11 +7,12 @@ import time
 
 import gevent
 from gevent import socket
-from simple_websocket import Server
 
-from notifier import transport_ws
-from notifier.hub import Hub
-from notifier.notification import BROADCAST, Notification, encode_fields, format_id
+from notifier.core.hub import Hub
+from notifier.core.notification import BROADCAST, Notification, encode_fields, format_id
+from notifier.runtime.gevent import GeventRuntime
+from notifier.transports.socket_writer import SocketWriter
+from notifier.transports.websocket import WIRE, WebSocketSession
 
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
@@ -48,6 +49,12 @@ def read_frames(sock, count: int) -> list[tuple[int, int]]:
     return frames
 
 
+def handshake_environ(server_sock) -> dict:
+    return {"gunicorn.socket": server_sock, "HTTP_HOST": "x", "HTTP_UPGRADE": "websocket",
+            "HTTP_CONNECTION": "Upgrade", "HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(os.urandom(16)).decode(),
+            "HTTP_SEC_WEBSOCKET_VERSION": "13", "HTTP_SEC_WEBSOCKET_EXTENSIONS": "permessage-deflate"}
+
+
 def test_a_pong_is_sent_after_a_half_written_frame_not_inside_it():
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -57,19 +64,19 @@ def test_a_pong_is_sent_after_a_half_written_frame_not_inside_it():
     client.connect(listener.getsockname())
     server_sock, _ = listener.accept()
     server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    environ = {"gunicorn.socket": server_sock, "HTTP_HOST": "x", "HTTP_UPGRADE": "websocket",
-               "HTTP_CONNECTION": "Upgrade", "HTTP_SEC_WEBSOCKET_KEY": base64.b64encode(os.urandom(16)).decode(),
-               "HTTP_SEC_WEBSOCKET_VERSION": "13"}
-    ws = Server(environ, thread_class=lambda target: transport_ws.NO_THREAD)  # as for notifier's /ws
+    runtime = GeventRuntime()
+    writer = SocketWriter(runtime, 1024, WIRE)
+    session = WebSocketSession(writer, handshake_environ(server_sock), max_message_size=65536)
     response = b""
     while b"\r\n\r\n" not in response:
         response += client.recv(1)
-    hub = Hub()
-    sub = hub.subscribe("ws")
-    writer = gevent.spawn(transport_ws.serve, ws, hub, sub, 30, lambda s, m: {"ok": True})
+    assert b"permessage-deflate" not in response.lower()  # never agreed to: costs memory and CPU
+    hub = Hub(runtime, flush_interval=0.025)
+    hub.subscribe(writer, "ws")
+    running = gevent.spawn(session.run, 30, lambda m: {"ok": True})
     try:
         gevent.sleep(0.05)
-        assert sub.idle
+        assert writer.idle
         big = Notification(format_id(1_700_000_000_000, 1), BROADCAST, "t", encode_fields({"message": "x" * 200_000}))
         small = Notification(format_id(1_700_000_000_000, 2), BROADCAST, "t", encode_fields({"message": "y"}))
         hub._next_flush = time.monotonic() + 0.01  # right after a flush: this one waits for its timer
@@ -82,6 +89,6 @@ def test_a_pong_is_sent_after_a_half_written_frame_not_inside_it():
         assert sorted(frames) == sorted([(1, len(big.ws_frame) - 10), (1, len(small.ws_frame) - 2), (10, 4)])
         assert frames[0] == (1, len(big.ws_frame) - 10)  # the big one first, whole
     finally:
-        writer.kill()
+        running.kill()
         client.close()
         listener.close()

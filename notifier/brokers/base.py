@@ -1,6 +1,6 @@
 """The broker interface: moves notifications between processes and keeps history.
 
-Two real implementations, chosen by ``REDIS_URL``: in-process (the embedded default,
+Two real implementations, chosen by the Redis URL (``NOTIFIER_REDIS_URL`` or ``REDIS_URL``): in-process (the embedded default,
 one worker) and Redis (every worker on every host). The Redis one is imported lazily,
 so the embedded default never needs the ``redis`` package to be reachable.
 """
@@ -9,8 +9,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Callable
 
-from .config import Settings
-from .notification import Notification
+from ..config import Settings
+from ..core.notification import Notification
+from ..runtime import Runtime
 
 Deliver = Callable[[Notification], None]
 OnGap = Callable[[], None]
@@ -58,13 +59,13 @@ class Broker(ABC):
         """True when a publish would reach the broker now."""
 
 
-def create_broker(settings: Settings) -> Broker:
-    """The broker the settings call for: Redis when ``REDIS_URL`` is set, else in-process."""
+def create_broker(settings: Settings, runtime: Runtime) -> Broker:
+    """The broker the settings call for: Redis when a Redis URL is set, else in-process."""
     if settings.redis_url:
-        from .broker_redis import RedisBroker
+        from .redis import RedisBroker
 
-        return RedisBroker(settings)
-    from .broker_memory import MemoryBroker
+        return RedisBroker(settings, runtime)
+    from .memory import MemoryBroker
 
     return MemoryBroker(settings)
 

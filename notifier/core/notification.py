@@ -9,9 +9,9 @@ import json
 import struct
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Sequence
 
-from .errors import InvalidNotification
+from ..errors import InvalidNotification
 
 BROADCAST = "@all"
 """Hub key of a notification for every connection; '@' is not allowed in topic names."""
@@ -81,6 +81,26 @@ def ws_text_frame(payload: bytes) -> bytes:
 def http_chunk(data: bytes) -> bytes:
     """``data`` framed as one chunk of an HTTP/1.1 chunked body."""
     return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+class Frames:
+    """A batch of notifications as each wire form joins them, built at most once per fan-out.
+
+    The hub hands the same ``Frames`` to every connection that gets the batch: the first
+    one to ask for a wire form (``ws_frame``, ``sse_chunk``, ``sse_chunked``) pays for the join.
+    """
+
+    __slots__ = ("notes", "_joined")
+
+    def __init__(self, notes: "Sequence[Notification]") -> None:
+        self.notes = notes
+        self._joined: dict[str, bytes] = {}
+
+    def get(self, wire: str) -> bytes:
+        data = self._joined.get(wire)
+        if data is None:
+            data = self._joined[wire] = b"".join([getattr(n, wire) for n in self.notes])
+        return data
 
 
 class Notification:

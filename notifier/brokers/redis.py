@@ -15,16 +15,16 @@ import secrets
 import time
 from typing import Any
 
-import gevent
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .broker import Broker, Deliver, OnGap
-from .config import Settings
-from .errors import BrokerUnavailable, ConfigError
-from .notification import Notification, format_id, now_ms, parse_id
-from .ratelimit import too_many
+from ..config import Settings
+from ..core.notification import Notification, format_id, now_ms, parse_id
+from ..errors import BrokerUnavailable, ConfigError
+from ..ratelimit import too_many
+from ..runtime import Runtime, Task
+from .base import Broker, Deliver, OnGap
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,10 @@ def _unavailable(exc: Exception) -> BrokerUnavailable:
 class RedisBroker(Broker):
     """Every worker on every host shares notifications and history through one Redis stream."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime) -> None:
         if not settings.redis_url:
             raise ConfigError("REDIS_URL", "required by the Redis broker")
+        self.runtime = runtime
         self.url = settings.redis_url
         self.prefix = settings.prefix
         self.stream = f"{settings.prefix}:stream"
@@ -102,7 +103,8 @@ class RedisBroker(Broker):
         self.publish_rate = settings.publish_rate
         self.ttl_ms = settings.history_ttl * 1000
         self.client = _client(self.url, socket_timeout=2.0)
-        self._follower: gevent.Greenlet | None = None
+        self._follower: Task | None = None
+        self._following = False
         self._deliver: Deliver | None = None
         self._on_gap: OnGap | None = None
         self._last: str | None = None
@@ -141,7 +143,7 @@ class RedisBroker(Broker):
             if time.monotonic() + delay > deadline:
                 log.error("publish outcome unknown after %.0fs: redis gone mid-reply", UNKNOWN_OUTCOME_WINDOW)
                 raise _unavailable(error)
-            gevent.sleep(delay)
+            self.runtime.sleep(delay)
             delay = min(delay * 2, 0.5)
 
     def _publish_once(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
@@ -202,7 +204,7 @@ class RedisBroker(Broker):
 
     def start(self, deliver: Deliver, on_gap: OnGap | None = None) -> None:
         self._deliver, self._on_gap = deliver, on_gap
-        if self._follower is None or self._follower.dead:
+        if not self._following:
             # Read the tail now, not in the greenlet: a subscriber that attaches right
             # after start() must get everything published after this point.
             if self._last is None:
@@ -213,12 +215,14 @@ class RedisBroker(Broker):
                     # whatever is accepted once it is back reaches this worker.
                     self._last, self._last_is_a_guess = f"{now_ms()}-0", True
                     log.warning("redis unavailable at start (%s); following from now", exc)
-            self._follower = gevent.spawn(self._follow)
+            self._following = True
+            self._follower = self.runtime.spawn(self._follow)
 
     def stop(self) -> None:
+        self._following = False
         follower, self._follower = self._follower, None
         if follower is not None:
-            follower.kill(block=True, timeout=2)
+            follower.stop(wait=2)
 
     def _tail(self, client: redis.Redis) -> str:
         last = client.xrevrange(self.stream, count=1)
@@ -254,7 +258,7 @@ class RedisBroker(Broker):
         backoff = 0.1
         next_trim = 0.0
         reconnecting = False
-        while True:
+        while self._following:
             try:
                 if self._last is None:
                     self._last = self._tail(client)
@@ -273,7 +277,7 @@ class RedisBroker(Broker):
                     for entry in entries:
                         self._last, self._last_is_a_guess = entry[0].decode(), False
                         notification = self._notification(entry)
-                        if notification is not None and self._deliver is not None:
+                        if notification is not None and self._deliver is not None and self._following:
                             self._deliver(notification)
             except redis.RedisError as exc:
                 if self.connected:
@@ -282,11 +286,11 @@ class RedisBroker(Broker):
                 reconnecting = True
                 log.warning("redis follower lost connection (%s); retrying in %.1fs", exc, backoff)
                 client.connection_pool.disconnect()
-                gevent.sleep(backoff)
+                self.runtime.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
             except Exception:
                 log.exception("redis follower failed; retrying in %.1fs", backoff)
-                gevent.sleep(backoff)
+                self.runtime.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
     @staticmethod

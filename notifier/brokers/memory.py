@@ -4,10 +4,10 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from .broker import Broker, Deliver, OnGap
-from .config import Settings
-from .notification import Notification, format_id, now_ms
-from .ratelimit import RateLimiter
+from ..config import Settings
+from ..core.notification import Notification, format_id, now_ms
+from ..ratelimit import RateLimiter
+from .base import Broker, Deliver, OnGap
 
 
 class MemoryBroker(Broker):

@@ -1,0 +1,179 @@
+"""The per-worker registry of live subscribers, indexed by hub key, and the fan-out.
+
+Targeting is a dict lookup: every subscriber sits in the set of each key it listens
+to (``@all``, ``@user:<id>``, its topics), and a notification has exactly one key, so
+fan-out touches only the subscribers it is for. A connection that cannot keep up is
+cut (WebSocket 1013, SSE end) and counted, and resumes from history.
+
+Fan-out is coalesced: ``dispatch`` only appends to a batch, and one flush (spaced by
+ten times the cost of the previous flush, at most ``flush_interval``, while
+notifications keep coming) offers the whole batch to each connection at once, with its
+wire forms joined once (``Frames``). Spread-out notifications go out at once; a burst
+costs one offer per connection per flush, not per notification. When and where a
+flush runs is the runtime's (``notifier.runtime``): the hub never touches a socket.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+
+from .closing import GOING_AWAY, TOO_SLOW
+from .notification import Frames, Notification, user_key
+from .subscriber import Subscriber
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+    from ..transports.connection import Connection
+
+log = logging.getLogger(__name__)
+
+FLUSH_COST_SHARE = 10
+"""The wait after a flush is this many times what the flush took (up to flush_interval):
+fan-outs to a few subscribers go out at once, while costly ones are gathered, so that
+writing spends at most about a tenth of the worker's time in system calls."""
+
+
+class Hub:
+    """Thread-safe registry of one worker's subscribers; fans notifications out to them."""
+
+    def __init__(self, runtime: "Runtime", flush_interval: float,
+                 on_flush: Callable[[list[Notification]], None] | None = None) -> None:
+        self.runtime = runtime
+        self.flush_interval = flush_interval
+        self.on_flush = on_flush  # told each batch once it is offered (metrics)
+        self._lock = threading.Lock()
+        self._index: dict[str, set[Subscriber]] = {}
+        self._subscribers: set[Subscriber] = set()
+        self.closing = False
+        self._batch: list[Notification] = []
+        self._flush_pending = False
+        self._next_flush = 0.0
+        self.delivered = 0
+        self.dropped_slow = 0
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def count(self, transport: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for s in self._subscribers if transport in (None, s.transport))
+
+    def subscribe(self, connection: "Connection", transport: str, user_id: str | None = None,
+                  topics: Iterable[str] = (), grant: object = None) -> Subscriber:
+        """Register a connection; it is offered every notification dispatched from now on.
+
+        A hub that is shutting down closes it at once (1001) instead.
+        """
+        sub = Subscriber(connection, transport, user_id, topics, grant)
+        with self._lock:
+            if not self.closing:
+                self._subscribers.add(sub)
+                for key in sub.keys:
+                    self._index.setdefault(key, set()).add(sub)
+                return sub
+        connection.close(GOING_AWAY, "server shutting down")
+        return sub
+
+    def user_connections(self, user_id: str) -> int:
+        """How many live subscribers of this worker are that user's."""
+        with self._lock:
+            return len(self._index.get(user_key(user_id), ()))
+
+    def add_topic(self, sub: Subscriber, topic: str) -> None:
+        with self._lock:
+            if sub in self._subscribers:
+                sub.keys.add(topic)
+                self._index.setdefault(topic, set()).add(sub)
+
+    def remove_topic(self, sub: Subscriber, topic: str) -> None:
+        with self._lock:
+            sub.keys.discard(topic)
+            self._discard(topic, sub)
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        """Forget a subscriber; safe to call twice (transports call it in ``finally``)."""
+        with self._lock:
+            if sub not in self._subscribers:
+                return
+            self._subscribers.discard(sub)
+            for key in sub.keys:
+                self._discard(key, sub)
+
+    def _discard(self, key: str, sub: Subscriber) -> None:
+        members = self._index.get(key)
+        if members is not None:
+            members.discard(sub)
+            if not members:
+                del self._index[key]
+
+    def dispatch(self, notification: Notification) -> None:
+        """Add a notification to the next flush; never blocks, never writes."""
+        with self._lock:
+            self._batch.append(notification)
+            if self._flush_pending:
+                return
+            self._flush_pending = True
+        self.runtime.call_later(self._next_flush - time.monotonic(), self.flush)
+
+    def flush(self) -> int:
+        """Offer everything dispatched since the last flush. Returns deliveries.
+
+        Runs where the runtime schedules it (a gevent loop callback): it must not block,
+        and connections' ``offer`` never does.
+        """
+        try:
+            started = time.monotonic()
+            with self._lock:
+                self._flush_pending = False
+                batch, self._batch = self._batch, []
+                groups = self._groups(batch) if batch else []
+            delivered = sum(self._offer(notes, subs) for notes, subs in groups)
+            took = time.monotonic() - started
+            self._next_flush = started + min(self.flush_interval, FLUSH_COST_SHARE * took)
+            if batch and self.on_flush is not None:
+                self.on_flush(batch)
+            return delivered
+        except Exception:  # a loop callback must not raise; nothing here is expected to
+            log.exception("fan-out failed")
+            return 0
+
+    def _groups(self, batch: list[Notification]) -> list[tuple[Sequence[Notification], tuple[Subscriber, ...]]]:
+        """The batch split by who gets what: subscribers listening to the same keys
+        among the batch's get the same notifications, so the same bytes."""
+        target = batch[0].target
+        if all(n.target == target for n in batch):  # the usual case: one key
+            members = self._index.get(target)
+            return [(batch, tuple(members))] if members else []
+        keys_of: dict[Subscriber, list[str]] = {}
+        for key in dict.fromkeys(n.target for n in batch):
+            for sub in self._index.get(key, ()):
+                keys_of.setdefault(sub, []).append(key)
+        by_keys: dict[frozenset[str], list[Subscriber]] = {}
+        for sub, keys in keys_of.items():
+            by_keys.setdefault(frozenset(keys), []).append(sub)
+        return [([n for n in batch if n.target in keys], tuple(subs)) for keys, subs in by_keys.items()]
+
+    def _offer(self, notes: Sequence[Notification], subs: tuple[Subscriber, ...]) -> int:
+        data = Frames(notes)
+        slow = [sub for sub in subs if not sub.connection.offer(notes, data)]
+        for sub in slow:
+            self.dropped_slow += 1
+            log.info("subscriber cut: send queue full, transport=%s", sub.transport)
+            self.unsubscribe(sub)
+            sub.connection.close(TOO_SLOW, "client too slow: reconnect and resume")
+        delivered = len(notes) * (len(subs) - len(slow))
+        self.delivered += delivered
+        return delivered
+
+    def close_all(self, code: int = GOING_AWAY, reason: str = "server shutting down", final: bool = True) -> int:
+        """Close every live subscriber; ``final`` (shutdown) also refuses new ones."""
+        with self._lock:
+            self.closing = self.closing or final
+            subs = list(self._subscribers)
+        for sub in subs:
+            if not final:  # they stay registered only while the server winds down
+                self.unsubscribe(sub)
+            sub.connection.close(code, reason)
+        return len(subs)

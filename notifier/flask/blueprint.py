@@ -1,0 +1,59 @@
+"""The notifier blueprint: the views of ``views.py`` and the browser files, mounted by
+``Notifier.init_app`` (under its ``url_prefix``), with JSON errors.
+
+The demo page, /metrics and /openapi.json are switched by NOTIFIER_DEMO,
+NOTIFIER_METRICS and NOTIFIER_OPENAPI (the demo is off by default in a host app).
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, request
+from werkzeug.exceptions import HTTPException
+
+from .. import browser, cli
+from ..config import Settings
+from ..errors import NotifierError
+from . import views
+
+log = logging.getLogger(__name__)
+
+
+def create_blueprint(settings: Settings) -> Blueprint:
+    bp = Blueprint("notifier", __name__)
+    bp.register_error_handler(HTTPException, http_error)
+    bp.register_error_handler(NotifierError, notifier_error)
+    bp.register_error_handler(Exception, unexpected_error)
+    bp.add_url_rule("/notify", view_func=views.notify, methods=["POST"])
+    bp.add_url_rule("/events", view_func=views.events)
+    bp.add_url_rule("/ws", view_func=views.ws, websocket=True)
+    bp.add_url_rule("/ws", endpoint="ws_plain", view_func=views.ws_without_upgrade)
+    bp.add_url_rule("/notifications", view_func=views.notifications)
+    bp.add_url_rule("/healthz", view_func=views.healthz)
+    bp.add_url_rule("/readyz", view_func=views.readyz)
+    if settings.metrics_route:
+        bp.add_url_rule("/metrics", view_func=views.metrics_text)
+    if settings.openapi_route:
+        bp.add_url_rule("/openapi.json", view_func=views.openapi)
+    browser.register(bp, demo=settings.demo)  # /notifier.js, /notifier.d.ts, /demo
+    cli.register(bp)
+    return bp
+
+
+def http_error(exc: HTTPException) -> Response:
+    return views.error(exc.code or 500, exc.description or exc.name)
+
+
+def notifier_error(exc: NotifierError) -> Response:
+    response = views.error(exc.status, exc.message)
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def unexpected_error(exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):  # Flask picks the most specific handler; be safe
+        return http_error(exc)
+    log.exception("unexpected error in %s %s", request.method, request.path)
+    return views.error(500, "internal error")

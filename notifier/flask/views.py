@@ -1,0 +1,218 @@
+"""The HTTP routes, as module-level views: POST /notify, GET /events, GET /ws, GET /notifications,
+/healthz, /readyz, /metrics, /openapi.json. ``blueprint.py`` mounts them; every error is JSON.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from flask import Response, current_app, jsonify, request
+from werkzeug.wsgi import ClosingIterator
+
+from .. import metrics
+from ..auth import check_metrics_reader, check_origin, check_publisher, socket_peer, subscriber_grant, \
+    subscriber_topics
+from ..core.closing import TOO_SLOW
+from ..core.subscriber import entitled_keys
+from ..errors import InvalidNotification, NotifierError, PayloadTooLarge, ServerUnsupported, \
+    ShuttingDown, UnsupportedMediaType
+from ..openapi import spec
+from ..ratelimit import publisher_id
+from ..service import Service, check_last_id
+from ..transports import sse, wsadapter
+from ..transports.websocket import WIRE, WebSocketSession
+from ..validation import user_id_of
+from . import ws_actions
+
+log = logging.getLogger(__name__)
+
+MAX_LIMIT = 1000
+
+
+def service() -> Service:
+    return current_app.extensions["notifier"]
+
+
+def json_bytes(body: bytes) -> Response:
+    """A JSON response from bytes already serialized (notification bodies are, once per worker)."""
+    return Response(body, mimetype="application/json")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_json_body(max_bytes: int) -> Any:
+    """The request's JSON body, within the size limit, or the matching NotifierError."""
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    too_large = PayloadTooLarge(f"body larger than {max_bytes} bytes (NOTIFIER_MAX_MESSAGE_BYTES)")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    body = request.stream.read(max_bytes + 1)
+    if len(body) > max_bytes:
+        raise too_large
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidNotification(f"body is not valid JSON: {exc}") from None
+
+
+class Subscription:
+    """Who is asking and what they may get; every check is made before any stream starts."""
+
+    def __init__(self, svc: Service, *, live: bool = True) -> None:
+        settings = svc.settings
+        if live:
+            if svc.hub.closing:  # a stopping worker takes no new subscribers: retry elsewhere
+                raise ShuttingDown("server shutting down: reconnect")
+            if svc.runtime.name == "threads" and not request.environ.get("wsgi.multithread"):
+                raise ServerUnsupported("this server runs one request at a time, so a stream would block it: run "
+                                        "gunicorn -k gevent (or flask run, which is threaded)")
+            check_origin(settings, request.headers.get("Origin"))
+        self.grant = subscriber_grant(settings, request.args.get("token"), request.headers.get("Authorization"))
+        self.user_id = self.grant.user_id if self.grant is not None else identified_user(svc)
+        self.topics = subscriber_topics(settings, request.args.getlist("topic"), self.grant)
+        self.last_id = check_last_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
+        if live:
+            svc.check_room(self.user_id)
+
+    @property
+    def expires_at(self) -> float | None:
+        return self.grant.expires_at if self.grant is not None else None
+
+
+def identified_user(svc: Service) -> str | None:
+    """The host app's user for this request, through its ``identify`` hook, if any."""
+    if svc.identify is None:
+        return None
+    user = svc.identify()
+    return None if user is None else user_id_of(user, "identify() returned a user id that")
+
+
+def notify() -> tuple[Response, int]:
+    svc = service()
+    key = check_publisher(request.environ, svc.settings.api_keys)
+    payload = read_json_body(svc.settings.max_message_bytes)
+    notification_id = svc.publish(payload, publisher_id(key, socket_peer(request.environ)))
+    return jsonify(id=notification_id), 202
+
+
+def events() -> Response:
+    svc = service()
+    headers = {**sse.HEADERS, **cors_headers(svc)}
+    if request.method == "HEAD":  # the headers a stream would have, and no stream
+        return Response(b"", mimetype="text/event-stream", headers=headers)
+    svc.start()
+    asked = Subscription(svc)
+    writer = svc.writer("sse_chunk", asked.expires_at)
+    session = sse.SSESession(writer, request.environ)
+    sub, replay, floor = svc.attach(writer, "sse", asked.user_id, asked.topics, asked.grant, asked.last_id)
+
+    def release() -> None:
+        svc.hub.unsubscribe(sub)
+
+    body = session.body(svc.settings.heartbeat, replay, floor, on_end=release)
+    # ClosingIterator: the subscriber is released even if the body is never started.
+    return Response(ClosingIterator(body, [release]), mimetype="text/event-stream", headers=headers,
+                    direct_passthrough=True)
+
+
+def ws() -> Any:
+    svc = service()
+    svc.start()
+    check_handshake(request.headers)
+    if not wsadapter.can_accept(request.environ):
+        raise ServerUnsupported("this server does not hand WebSocket sockets over: run gunicorn -k gevent or flask run")
+    asked = Subscription(svc)
+    writer = svc.writer(WIRE, asked.expires_at)
+    session = WebSocketSession(writer, request.environ, svc.settings.max_message_bytes)
+    started = time.monotonic()
+    try:
+        sub, replay, floor = svc.attach(writer, "ws", asked.user_id, asked.topics, asked.grant, asked.last_id)
+    except NotifierError as exc:
+        session.refuse(TOO_SLOW, exc.message)  # 1013: try again later
+        return session.response()
+    try:
+        session.run(svc.settings.heartbeat, lambda raw: ws_actions.answer(svc, sub, raw), replay, floor)
+    finally:
+        svc.hub.unsubscribe(sub)
+        # gunicorn writes no access-log line for an upgraded connection: one line here
+        # (the path only: query strings may carry tokens).
+        log.info("websocket %s 101 closed %s after %.1fs", request.path,
+                 writer.close_code or "by client", time.monotonic() - started)
+    return session.response()
+
+
+def error(status: int, message: str) -> Response:
+    response = jsonify(error=message)
+    response.status_code = status
+    return response
+
+
+def ws_without_upgrade() -> Response:
+    return error(426, "this endpoint speaks WebSocket: connect with a WebSocket client (Upgrade: websocket)")
+
+
+def check_handshake(headers: Any) -> None:
+    """Refuse a malformed WebSocket handshake with a JSON 400 instead of a failed upgrade."""
+    if not headers.get("Sec-WebSocket-Key") or headers.get("Sec-WebSocket-Version") != "13":
+        raise InvalidNotification("bad WebSocket handshake: Sec-WebSocket-Key and Sec-WebSocket-Version: 13 required")
+    if not all(value.isascii() for _, value in headers.items()):
+        raise InvalidNotification("bad WebSocket handshake: header values must be ASCII")
+
+
+def cors_headers(svc: Service) -> dict[str, str]:
+    """CORS for EventSource: the allowed origin, with credentials; or any origin, without."""
+    origin = request.headers.get("Origin")
+    if not svc.settings.allowed_origins:
+        return {"Access-Control-Allow-Origin": "*"}
+    if origin in svc.settings.allowed_origins:
+        return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true", "Vary": "Origin"}
+    return {}
+
+
+def notifications() -> Response:
+    """History as JSON, for polling clients: the same entitlement rules as the streams."""
+    svc = service()
+    asked = Subscription(svc, live=False)
+    keys = entitled_keys(asked.user_id, asked.topics)
+    since = check_last_id(request.args.get("since"))
+    limit = request.args.get("limit", "100")
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_LIMIT:
+        raise InvalidNotification(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    history = svc.broker.history(since)
+    if history is None:
+        return json_bytes(b'{"notifications":[],"reset":true,"more":false}')
+    entitled = [n for n in history if n.target in keys]
+    page = entitled[: int(limit)] if since else entitled[-int(limit):]
+    more = b"true" if since and len(entitled) > len(page) else b"false"
+    return json_bytes(b'{"notifications":[' + b",".join(n.body for n in page) + b'],"reset":false,"more":' + more
+                      + b"}")
+
+
+def openapi() -> Response:
+    rule = request.url_rule.rule if request.url_rule is not None else ""
+    prefix = rule[: -len("/openapi.json")]
+    return jsonify(spec(request.script_root + prefix))
+
+
+def healthz() -> Response:
+    return jsonify(status="ok", pid=os.getpid())
+
+
+def readyz() -> Response:
+    if service().broker.ready():
+        return jsonify(status="ready")
+    return error(503, "broker unavailable")
+
+
+def metrics_text() -> Response:
+    """Prometheus text, summed over every worker of this server."""
+    check_metrics_reader(request.environ, service().settings)
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)

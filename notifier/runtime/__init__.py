@@ -1,0 +1,63 @@
+"""Concurrency, injected: the scheduling primitives the hub, transports and brokers use.
+
+Two runtimes, one interface (as simple-websocket takes its thread and event classes):
+``GeventRuntime`` in a gunicorn gevent worker (one thread, cooperative: the hub may
+write straight to an idle socket from its flush) and ``ThreadRuntime`` under a threaded
+server such as ``flask run`` (a thread per connection, a scheduler thread for flushes).
+``detect()`` picks by whether gevent has patched this process.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Protocol
+
+from ..core.send_queue import SendQueue
+
+
+class Task(Protocol):
+    def stop(self, wait: float = 0) -> None:
+        """End the task: a greenlet is killed; a thread's code must check a flag of its own."""
+
+
+class Watcher(Protocol):
+    def start(self, callback: Callable[[], Any]) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Runtime(Protocol):
+    name: str
+    direct_writes: bool
+    """True when one thread runs everything, so a flush may write to an idle connection's socket."""
+
+    def send_queue(self, maxsize: int) -> SendQueue: ...
+
+    def call_later(self, delay: float, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` after ``delay`` seconds (0: soon), from any thread, without blocking the caller."""
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> Task: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+    def watch_readable(self, fileno: int) -> Watcher | None:
+        """A watcher that calls back when the socket has something to read, or None if
+        this runtime has none (a thread then reads, blocking)."""
+
+
+def gevent_patched() -> bool:
+    """True in a process gevent has monkey-patched (gunicorn's gevent worker does so first)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("socket")
+
+
+def detect() -> Runtime:
+    """The runtime for this process: gevent where gevent patched it, else OS threads."""
+    if gevent_patched():
+        from .gevent import GeventRuntime
+
+        return GeventRuntime()
+    from .threads import ThreadRuntime
+
+    return ThreadRuntime()

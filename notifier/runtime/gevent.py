@@ -1,0 +1,95 @@
+"""The runtime of a gunicorn gevent worker: loop callbacks, greenlets, gevent timeouts.
+
+Everything runs on one thread, cooperatively, so the hub's flush (a loop callback) may
+write to an idle connection's non-blocking socket without a lock.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gevent
+from gevent.hub import Waiter, get_hub
+from gevent.monkey import get_original
+
+from ..core.send_queue import SendQueue
+
+
+class GeventSendQueue(SendQueue):
+    """Waits on a ``Waiter``; wake-ups are loop callbacks tagged with the wait they are for,
+    so a late one (a put racing the timeout) never wakes a later wait by mistake."""
+
+    __slots__ = ("_waiting",)
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self._waiting: Waiter | None = None
+
+    def _first_put(self) -> None:
+        waiter = self._waiting
+        if waiter is not None:
+            get_hub().loop.run_callback(self._wake, waiter)
+
+    def _wait(self, timeout: float) -> None:
+        hub = get_hub()
+        waiter = self._waiting = Waiter(hub)
+        timer = hub.loop.timer(timeout)
+        timer.start(self._wake, waiter)
+        try:
+            waiter.get()
+        finally:
+            self._waiting = None
+            timer.close()
+
+    def _wake(self, waiter: Waiter) -> None:
+        if self._waiting is waiter:
+            self._waiting = None
+            waiter.switch(None)
+
+
+class _Greenlet:
+    def __init__(self, greenlet: gevent.Greenlet) -> None:
+        self.greenlet = greenlet
+
+    def stop(self, wait: float = 0) -> None:
+        self.greenlet.kill(block=wait > 0, timeout=wait or None)
+
+
+_thread_ident = get_original("_thread", "get_ident")
+"""The OS thread's id (the patched ``threading.get_ident`` gives the greenlet's)."""
+
+
+class GeventRuntime:
+    name = "gevent"
+    direct_writes = True
+
+    def __init__(self) -> None:
+        # Calls are scheduled on the loop of the thread that made the runtime (the worker's).
+        self._hub = get_hub()
+
+    def send_queue(self, maxsize: int) -> SendQueue:
+        return GeventSendQueue(maxsize)
+
+    def call_later(self, delay: float, fn: Callable[[], Any]) -> None:
+        if _thread_ident() != self._hub.thread_ident:
+            self._hub.loop.run_callback_threadsafe(self.call_later, delay, fn)
+            return
+        loop = self._hub.loop
+        if delay <= 0:
+            loop.run_callback(fn)
+            return
+        timer = loop.timer(delay)
+
+        def fire() -> None:
+            timer.close()
+            fn()
+
+        timer.start(fire)
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> _Greenlet:
+        return _Greenlet(gevent.spawn(fn, *args))
+
+    def sleep(self, seconds: float) -> None:
+        gevent.sleep(seconds)
+
+    def watch_readable(self, fileno: int) -> Any:
+        return self._hub.loop.io(fileno, 1)

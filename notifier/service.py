@@ -1,0 +1,144 @@
+"""One app's notifier, without the web: its hub and broker, publishing, resuming, and the
+subscribe policy (who may attach, and how many). The Flask views and the CLI call it.
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any, Callable, Iterable
+
+from . import metrics
+from .brokers import create_broker
+from .config import Settings
+from .core.closing import RESTART
+from .core.hub import Hub
+from .core.notification import BROADCAST, Notification, encode_fields, now_iso, parse_id, target_key
+from .core.subscriber import Subscriber
+from .errors import InvalidNotification, TooManyRequests, WorkerFull
+from .runtime import Runtime, detect
+from .transports.socket_writer import SocketWriter
+from .validation import validate_publish
+
+log = logging.getLogger(__name__)
+
+SERVICES: "weakref.WeakSet[Service]" = weakref.WeakSet()
+"""Every Service of this process, so a gunicorn hook can start and stop them all."""
+
+Listener = Callable[[dict[str, Any], str], None]
+
+
+class Service:
+    """Lives in ``app.extensions["notifier"]``: one per Flask app."""
+
+    def __init__(self, settings: Settings, runtime: Runtime | None = None) -> None:
+        self.settings = settings
+        self.runtime = runtime or detect()
+        self.hub = Hub(self.runtime, settings.flush_interval, on_flush=metrics.written)
+        self.broker = create_broker(settings, self.runtime)
+        self.started = False
+        self.listeners: list[Listener] = []  # told (fields, id) of each publish: notifier.testing
+        self.identify: Callable[[], Any] | None = None  # the host app's hook: who the user is
+        SERVICES.add(self)
+
+    def start(self) -> None:
+        """Connect the broker to this worker's hub (idempotent; cheap to call per request)."""
+        if not self.started:
+            self.started = True
+            self.broker.start(self.hub.dispatch, self._gap)
+            metrics.watch(self.hub, self.broker)
+            log.info("notifier started: %s broker, %s runtime", type(self.broker).__name__, self.runtime.name)
+
+    def _gap(self) -> None:
+        # The broker lost its place: every connection resumes from its own last id.
+        self.hub.close_all(RESTART, "history moved on: reconnect and resume", final=False)
+
+    def stop(self) -> None:
+        self.hub.close_all()
+        self.broker.stop()
+
+    def publish(self, payload: Any, publisher: str | None = None, *, start: bool = True) -> str:
+        """Validate and publish one notification; returns its id once it is in history.
+
+        A ``publisher`` is held to the publish rate (TooManyRequests when over it).
+        ``start=False`` publishes without following the broker (a CLI process has no
+        subscribers of its own).
+        """
+        fields = validate_publish(payload)
+        if start:
+            self.start()
+        notification_id = self.broker.publish(target_key(fields), fields["type"], encode_fields(fields), publisher)
+        metrics.published()
+        for listener in list(self.listeners):
+            listener(fields, notification_id)
+        return notification_id
+
+    def check_room(self, user_id: str | None) -> None:
+        """Refuse a new subscriber this worker has no room for (503) or a user with too many (429)."""
+        settings = self.settings
+        if len(self.hub) >= settings.max_subscribers:
+            raise WorkerFull(f"this worker is full ({settings.max_subscribers} subscribers): retry, or add workers")
+        if user_id is not None and self.hub.user_connections(user_id) >= settings.max_connections_per_user:
+            raise TooManyRequests(f"too many connections for this user: at most {settings.max_connections_per_user} "
+                                  "(NOTIFIER_MAX_CONNECTIONS_PER_USER)")
+
+    def writer(self, wire: str, expires_at: float | None = None) -> SocketWriter:
+        """A new connection's writer: its send queue, sized by NOTIFIER_QUEUE_SIZE."""
+        return SocketWriter(self.runtime, self.settings.queue_size, wire, expires_at)
+
+    def attach(self, writer: SocketWriter, transport: str, user_id: str | None, topics: Iterable[str],
+               grant: Any, last_id: str | None) -> tuple[Subscriber, list[Notification], str | None]:
+        """Subscribe, then resume: (the subscriber, what it missed, the floor for live ones).
+
+        Subscribing first means nothing published meanwhile is missed; live ones up to
+        the floor are covered by the replay, so the writer skips them. If reading
+        history fails, the subscriber is released and the error raised.
+        """
+        sub = self.hub.subscribe(writer, transport, user_id, topics, grant)
+        try:
+            replay, floor = self.resume(sub.keys, last_id)
+        except BaseException:
+            self.hub.unsubscribe(sub)
+            raise
+        return sub, replay, floor
+
+    def resume(self, keys: set[str], last_id: str | None) -> tuple[list[Notification], str | None]:
+        """What a connection resuming after ``last_id`` gets first, and the floor for live ones.
+
+        Without ``last_id`` there is nothing to replay. If ``last_id`` is no longer in
+        history the answer is a single ``notifier.reset``.
+        """
+        if last_id is None:
+            return [], None
+        missed = self.broker.history(last_id)
+        if missed is None:
+            # The reset carries the newest id, so a reconnect resumes from there; with an
+            # empty history, the stale id itself, so a reconnect is reset again (never "").
+            newest = self.broker.newest_id()
+            metrics.resumed(0, reset=True)
+            return [reset_notification(newest or last_id, last_id)], newest
+        entitled = [n for n in missed if n.target in keys]
+        metrics.resumed(len(entitled), reset=False)
+        return entitled, (missed[-1].id if missed else last_id)
+
+
+def check_last_id(value: str | None) -> str | None:
+    """A client's resume point, or InvalidNotification if it is not an id we issued."""
+    if value is None or value == "":
+        return None
+    try:
+        parse_id(value)
+    except ValueError:
+        raise InvalidNotification("last event id is not a notification id") from None
+    return value
+
+
+def reset_notification(newest: str, last_id: str) -> Notification:
+    """Tells a client its resume point is gone: refetch state, then follow live from ``newest``."""
+    fields = {
+        "type": "notifier.reset",
+        "title": "",
+        "message": "history no longer holds the last event id: refetch state",
+        "ts": now_iso(),
+        "data": {"last_event_id": last_id},
+    }
+    return Notification(newest, BROADCAST, "notifier.reset", encode_fields(fields))
