@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 from typing import Any, Mapping
 
 from .errors import ConfigError
@@ -77,13 +78,26 @@ def _redis_url(config: Mapping[str, Any]) -> tuple[str | None, str | None]:
     if url.startswith("rediss://") and not _flag(config, "NOTIFIER_REDIS_VERIFY_TLS", True) \
             and "ssl_cert_reqs=" not in url:
         url += ("&" if "?" in url else "?") + "ssl_cert_reqs=none"
-    try:
-        from redis.connection import parse_url
-
-        parse_url(url)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(key, f"is not a valid Redis URL ({exc})") from None
+    problem = _url_problem(url)
+    if problem:
+        raise ConfigError(key, f"is not a valid Redis URL ({problem})")
     return url, key
+
+
+def _url_problem(url: str) -> str | None:
+    """What is wrong with a redis:// URL, checked as redis-py will read it (without importing
+    redis here: gunicorn's master reads settings, and must not load ssl before gevent patches)."""
+    parts = urlsplit(url)
+    try:
+        parts.port
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme != "unix" and not parts.hostname:
+        return "no host"
+    db = parts.path.lstrip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        return f"database {db!r} is not a number"
+    return None
 
 
 @dataclass(frozen=True)

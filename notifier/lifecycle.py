@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import time
 from typing import Any
 
 from .config import check_workers
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 WATCH_INTERVAL = 0.1
 WORKER_BOOT_ERROR = 3
 """gunicorn's exit code for a worker that failed to boot: the master then stops, with a reason."""
+REFUSE_WAIT = 10.0
 
 
 def start_all() -> None:
@@ -41,14 +43,29 @@ def check_server(worker: Any) -> None:
         try:
             check_workers(worker.cfg.workers, service.settings)
         except ConfigError as exc:
-            log.error("notifier cannot start: %s", exc)
-            sys.exit(WORKER_BOOT_ERROR)
+            refuse(worker, exc)
         slots = worker.cfg.worker_connections
         if service.settings.worker_connections != slots:
             log.warning("NOTIFIER_WORKER_CONNECTIONS is %d in the app but gunicorn's worker_connections is %d: "
                         "using %d (set it in the environment, where gunicorn.conf.py reads it)",
                         service.settings.worker_connections, slots, slots)
             service.settings = dataclasses.replace(service.settings, worker_connections=slots)
+
+
+def refuse(worker: Any, exc: ConfigError) -> None:
+    """Stop gunicorn, with one line that says why.
+
+    The first worker exits as one that failed to boot, and gunicorn's master stops. The
+    others, booting alongside with the same settings, wait to be stopped by it: a second
+    boot failure during the master's own halt would end it with a traceback.
+    """
+    if worker.age == 1:
+        log.error("notifier cannot start: %s", exc)
+        sys.exit(WORKER_BOOT_ERROR)
+    deadline = time.monotonic() + REFUSE_WAIT
+    while worker.alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sys.exit(0)
 
 
 def watch_worker(worker: Any) -> None:

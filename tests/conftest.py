@@ -231,7 +231,10 @@ class NotifierServer:
         })
         if redis is not None:
             self.env["REDIS_URL"] = redis.url
-        self.env.update({k: str(v) for k, v in (env or {}).items()})
+        env = dict(env or {})
+        if "GUNICORN_CMD_ARGS" in env:  # more arguments, after the binds
+            env["GUNICORN_CMD_ARGS"] = self.env["GUNICORN_CMD_ARGS"] + " " + env["GUNICORN_CMD_ARGS"]
+        self.env.update({k: str(v) for k, v in env.items()})
         self.proc: subprocess.Popen | None = None
         self.started_by: str | None = None
 

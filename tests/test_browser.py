@@ -294,7 +294,7 @@ def test_a_resume_point_gone_from_history_fires_reset_then_live(server, page):
 
 
 def test_demo_in_an_existing_app_under_a_url_prefix(server_factory, page):
-    app = server_factory(app="examples.flask_app:app", prefix=PREFIX)
+    app = server_factory(app="examples.flask_app:app", prefix=PREFIX, env={"NOTIFIER_DEMO": "true"})
     open_demo(page, app.url + PREFIX)
     assert page.evaluate("() => window.notifierClient.url") == app.url + PREFIX + "/"
     sync_page(page, app.url + PREFIX)

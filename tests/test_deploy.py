@@ -21,10 +21,13 @@ VENV_BIN = str(Path(PYTHON).parent)
 
 
 def config_keys() -> set[str]:
-    """Every setting notifier/config.py reads: the key argument of its _raw/_number/_list/_flag calls."""
+    """Every setting notifier/config.py reads: the key argument of its _raw/_number/_list/_flag
+    calls, and the Redis URL keys it tries in turn (REDIS_URL_KEYS)."""
     tree = ast.parse((ROOT / "notifier" / "config.py").read_text())
     keys = set()
     for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "REDIS_URL_KEYS" for t in node.targets):
+            keys.update(element.value for element in node.value.elts)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
                 and node.func.id in ("_raw", "_number", "_list", "_flag") and len(node.args) >= 2:
             key = node.args[1]

@@ -3,10 +3,10 @@ import json
 
 import pytest
 
-from notifier.broker_memory import MemoryBroker
-from notifier.broker_redis import to_notification_id
+from notifier.brokers.memory import MemoryBroker
+from notifier.brokers.redis import to_notification_id
 from notifier.config import Settings
-from notifier.notification import Notification, encode_fields, format_id, parse_id
+from notifier.core.notification import Notification, encode_fields, format_id, parse_id
 
 
 def test_ids_are_fixed_width_so_string_order_is_publish_order():

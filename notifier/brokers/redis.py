@@ -9,7 +9,6 @@ when it comes back (Redis restarted empty, or trimmed past it), it reports a gap
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import time
@@ -25,6 +24,7 @@ from ..errors import BrokerUnavailable, ConfigError
 from ..ratelimit import too_many
 from ..runtime import Runtime, Task
 from .base import Broker, Deliver, OnGap
+from .redis_script import NotSent, run_publish_script
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +37,6 @@ TRIM_EVERY = 30.0
 UNKNOWN_OUTCOME_WINDOW = 3.0
 """Seconds a publish whose reply was lost keeps retrying (idempotently) to learn its outcome."""
 TOKEN_TTL = 60
-
-# XADD at most once per publish token: a retry after a lost reply returns the first id
-# instead of adding the notification again. KEYS[3], if not "", is the publisher's
-# counter for this second: over ARGV[6] publishes nothing is added and the answer is 0.
-PUBLISH_ONCE = """
-local id = redis.call('GET', KEYS[2])
-if id then return id end
-if KEYS[3] ~= '' then
-  local n = redis.call('INCR', KEYS[3])
-  if n == 1 then redis.call('EXPIRE', KEYS[3], 2) end
-  if n > tonumber(ARGV[6]) then return 0 end
-end
-id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', ARGV[2], 'y', ARGV[3], 'n', ARGV[4])
-redis.call('SET', KEYS[2], id, 'EX', ARGV[5])
-return id
-"""
-PUBLISH_ONCE_SHA = hashlib.sha1(PUBLISH_ONCE.encode()).hexdigest()
-
-
-class _NotSent(Exception):
-    """No connection to Redis could be had: the command was certainly not applied."""
-
 
 def to_notification_id(stream_id: bytes | str) -> str:
     if isinstance(stream_id, bytes):
@@ -128,11 +106,11 @@ class RedisBroker(Broker):
         delay, sent = 0.05, False
         while True:
             try:
-                stream_id = self._publish_once(keys, args)
+                stream_id = run_publish_script(self.client, keys, args)
                 if stream_id == 0:
                     raise too_many(self.publish_rate, now)
                 return to_notification_id(stream_id)
-            except _NotSent as exc:
+            except NotSent as exc:
                 if not sent:
                     raise _unavailable(exc.__cause__ or exc) from exc
                 error: Exception = exc
@@ -145,29 +123,6 @@ class RedisBroker(Broker):
                 raise _unavailable(error)
             self.runtime.sleep(delay)
             delay = min(delay * 2, 0.5)
-
-    def _publish_once(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        """Run the publish script (by its SHA; the text only when Redis does not have it yet)."""
-        pool = self.client.connection_pool
-        try:
-            conn = pool.get_connection()
-        except redis.RedisError as exc:
-            raise _NotSent() from exc
-        try:
-            conn.send_command("EVALSHA", PUBLISH_ONCE_SHA, len(keys), *keys, *args)
-            try:
-                return conn.read_response()
-            except redis.exceptions.NoScriptError:
-                pass  # a new or restarted Redis: send the text once, it keeps it
-            conn.send_command("EVAL", PUBLISH_ONCE, len(keys), *keys, *args)
-            return conn.read_response()
-        except redis.ResponseError:
-            raise  # an answer: the connection is fine
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            pool.release(conn)
 
     def history(self, after: str | None = None) -> list[Notification] | None:
         cutoff_ms = now_ms() - self.ttl_ms
