@@ -196,6 +196,6 @@ def check_workers(workers: int, settings: Settings | None = None) -> None:
     if workers > 1 and not settings.redis_url:
         raise ConfigError(
             "REDIS_URL",
-            f"{workers} workers need REDIS_URL to share notifications; "
-            "set REDIS_URL or run one worker (WEB_CONCURRENCY=1)",
+            f"{workers} workers need a Redis URL to share notifications; "
+            "set NOTIFIER_REDIS_URL (or REDIS_URL), or run one worker (WEB_CONCURRENCY=1)",
         )

@@ -45,10 +45,8 @@ def check_server(worker: Any) -> None:
         except ConfigError as exc:
             refuse(worker, exc)
         slots = worker.cfg.worker_connections
-        if service.settings.worker_connections != slots:
-            log.warning("NOTIFIER_WORKER_CONNECTIONS is %d in the app but gunicorn's worker_connections is %d: "
-                        "using %d (set it in the environment, where gunicorn.conf.py reads it)",
-                        service.settings.worker_connections, slots, slots)
+        if service.settings.worker_connections != slots:  # gunicorn's is the real cap
+            log.info("notifier takes gunicorn's worker_connections (%d) as its connection cap", slots)
             service.settings = dataclasses.replace(service.settings, worker_connections=slots)
 
 

@@ -38,6 +38,7 @@ class Service:
         self.started = False
         self.listeners: list[Listener] = []  # told (fields, id) of each publish: notifier.testing
         self.identify: Callable[[], Any] | None = None  # the host app's hook: who the user is
+        self.own_identify = False  # given to init_app for this app alone
         SERVICES.add(self)
 
     def start(self) -> None:

@@ -11,7 +11,7 @@ import requests
 from flask import Flask
 
 from clients import SSEClient, WSClient, sync_subscribers
-from conftest import PYTHON, ROOT
+from conftest import PYTHON, ROOT, free_port
 from examples.factory_app import create_app
 from notifier import Notifier, NotifierError
 from notifier.config import Settings
@@ -135,7 +135,7 @@ def test_two_workers_without_redis_refuse_to_start_with_one_clear_line(notifier_
     server = notifier_server(app="examples.factory_app:create_app()", prefix=PREFIX, workers=2, wait=False)
     assert server.proc.wait(timeout=30) != 0
     log = server.log.read_text()
-    assert "notifier cannot start: REDIS_URL: 2 workers need" in log and "Traceback" not in log
+    assert "notifier cannot start: REDIS_URL: 2 workers need a Redis URL" in log and "Traceback" not in log
 
 
 def test_a_malformed_redis_url_is_one_line_and_no_traceback(notifier_server):
@@ -156,3 +156,36 @@ def test_a_server_that_runs_one_request_at_a_time_is_told_what_to_run(notifier_s
     assert reply.status_code == 500 and "gevent" in reply.json()["error"]
     published = requests.post(server.url + PREFIX + "/notify", json={"title": "still fine"}, timeout=5)
     assert published.status_code == 202
+
+
+def test_each_app_can_have_its_own_identify_hook_next_to_the_extensions():
+    from notifier.flask.views import identified_user
+
+    ext = Notifier()
+    first, second, third = Flask("first"), Flask("second"), Flask("third")
+    ext.init_app(first, identify=lambda: 1)
+    ext.init_app(second)
+
+    @ext.identify
+    def shared():
+        return "shared"
+
+    ext.init_app(third)
+    seen = []
+    for app in (first, second, third):
+        with app.test_request_context():
+            seen.append(identified_user(app.extensions["notifier"]))
+    assert seen == ["1", "shared", "shared"]
+
+
+def test_a_host_apps_own_gunicorn_takes_notifiers_settings_as_a_module(tmp_path):
+    """``gunicorn -c python:notifier.gunicorn_conf`` from the host's own directory: its
+    hooks run (here: two workers without Redis are refused, with one line)."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "WEB_CONCURRENCY": "2",
+           "PORT": str(free_port()), "PYTHONUNBUFFERED": "1"}
+    run = subprocess.run([PYTHON, "-m", "gunicorn", "-c", "python:notifier.gunicorn_conf",
+                          "examples.factory_app:create_app()"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode != 0
+    assert "notifier cannot start: REDIS_URL: 2 workers need a Redis URL" in run.stderr, run.stderr[-2000:]
+    assert "Using worker: gevent" in run.stderr and "Traceback" not in run.stderr

@@ -34,11 +34,17 @@ class Notifier:
         if app is not None:
             self.init_app(app, url_prefix=url_prefix)
 
-    def init_app(self, app: Flask, url_prefix: str | None = None, *, standalone: bool = False) -> None:
-        """Mount the routes (under ``url_prefix``) and give ``app`` its own hub and broker."""
+    def init_app(self, app: Flask, url_prefix: str | None = None, *, identify: Identify | None = None,
+                 standalone: bool = False) -> None:
+        """Mount the routes (under ``url_prefix``) and give ``app`` its own hub, broker and hooks.
+
+        ``identify``: this app's own hook; without one, the app uses the extension's
+        (``Notifier(identify=...)`` or ``@notifier.identify``).
+        """
         settings = Settings.load(app.config, standalone=standalone)
         service = Service(settings)
-        service.identify = self._identify
+        service.identify = identify or self._identify
+        service.own_identify = identify is not None
         app.extensions["notifier"] = service
         app.register_blueprint(create_blueprint(settings), url_prefix=url_prefix)
         self._services.add(service)
@@ -46,10 +52,14 @@ class Notifier:
                  f" from {settings.redis_url_key}" if settings.redis_url else "", service.runtime.name)
 
     def identify(self, hook: Identify) -> Identify:
-        """Decorator: ``hook()`` returns the current user's id (or None) from the host app's session."""
+        """Decorator: ``hook()`` returns the current user's id (or None) from the host app's session.
+
+        It serves every app of this extension that was not given a hook of its own in ``init_app``.
+        """
         self._identify = hook
         for service in list(self._services):
-            service.identify = hook
+            if not service.own_identify:
+                service.identify = hook
         return hook
 
     def publish(self, title: str | None = None, message: str | None = None, *, type: str | None = None,

@@ -224,6 +224,8 @@
     }
 
     _refused(status, message) {
+      // Said in the console too: a page without an "error" handler still shows why.
+      if (typeof console !== "undefined") console.warn(`notifier: the server refused the stream (${status}): ${message}`);
       this._emit("error", { message, status, transport: "sse" });
       // The topics added since the last stream are what the server refuses (400, 403).
       if (status === 400 || status === 403) {

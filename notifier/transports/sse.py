@@ -36,6 +36,8 @@ def writes_direct(environ: dict, writer: SocketWriter) -> bool:
 class SSESession:
     """One event stream: ``body()`` is the WSGI response body."""
 
+    __slots__ = ("writer", "direct", "sock")
+
     def __init__(self, writer: SocketWriter, environ: dict) -> None:
         self.writer = writer
         self.direct = writes_direct(environ, writer)

@@ -38,14 +38,21 @@ def json_frame(obj: dict) -> bytes:
 class WebSocketSession:
     """One accepted WebSocket: reads client messages, writes what its writer yields."""
 
+    __slots__ = ("writer", "ws", "sock", "_raw", "_watcher", "_readable", "_on_message")
+
     def __init__(self, writer: SocketWriter, environ: dict, max_message_size: int) -> None:
         self.writer = writer
-        self._watcher = None
         self._readable = False
+        self._on_message: OnMessage | None = None
         raw_sock = environ[next(k for k in wsadapter.SOCKET_KEYS if k in environ)]
         self._raw = os_socket(raw_sock)
         watcher = writer.runtime.watch_readable(self._raw.fileno())
-        self.ws, self.sock = wsadapter.accept(environ, max_message_size, own_reader=watcher is not None)
+        try:
+            self.ws, self.sock = wsadapter.accept(environ, max_message_size, own_reader=watcher is not None)
+        except BaseException:
+            if watcher is not None:
+                watcher.close()
+            raise
         if watcher is None:
             wsadapter.on_message(self.ws, writer.wake)
         self._watcher = watcher
