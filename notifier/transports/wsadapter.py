@@ -91,6 +91,8 @@ class LingeringSocket:
     LINGER_SECONDS = 2.0
     LINGER_BYTES = 8 * 1024 * 1024
 
+    __slots__ = ("sock", "outbox", "lock")
+
     def __init__(self, sock: socket.socket, lock: Any = None) -> None:
         self.sock = sock
         self.outbox: list[bytes] | None = None
