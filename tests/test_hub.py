@@ -25,7 +25,7 @@ class FakeConnection:
         if len(self.got) + len(notes) > self.room:
             return False
         self.got.extend(notes)
-        self.frames.append(data.get("ws_frame"))
+        self.frames.append(data["ws_frame"])
         return True
 
     def close(self, code: int, reason: str) -> None:

@@ -115,7 +115,7 @@ class Hub:
             if self._flush_pending:
                 return
             self._flush_pending = True
-        self.runtime.call_later(self._next_flush - time.monotonic(), self.flush)
+        self.runtime.call_at(self._next_flush, self.flush)
 
     def flush(self) -> int:
         """Offer everything dispatched since the last flush. Returns deliveries.
@@ -157,7 +157,7 @@ class Hub:
 
     def _offer(self, notes: Sequence[Notification], subs: tuple[Subscriber, ...]) -> int:
         data = Frames(notes)
-        slow = [sub for sub in subs if not sub.connection.offer(notes, data)]
+        slow = [sub for sub in subs if not sub.offer(notes, data)]
         for sub in slow:
             self.dropped_slow += 1
             log.info("subscriber cut: send queue full, transport=%s", sub.transport)

@@ -83,23 +83,22 @@ def http_chunk(data: bytes) -> bytes:
     return b"%x\r\n" % len(data) + data + b"\r\n"
 
 
-class Frames:
+class Frames(dict):
     """A batch of notifications as each wire form joins them, built at most once per fan-out.
 
-    The hub hands the same ``Frames`` to every connection that gets the batch: the first
-    one to ask for a wire form (``ws_frame``, ``sse_chunk``, ``sse_chunked``) pays for the join.
+    The hub hands the same ``Frames`` to every connection that gets the batch:
+    ``frames[wire]`` (``ws_frame``, ``sse_chunk``, ``sse_chunked``) is a plain dict lookup,
+    and the first connection to ask for a wire form pays for the join.
     """
 
-    __slots__ = ("notes", "_joined")
+    __slots__ = ("notes",)
 
     def __init__(self, notes: "Sequence[Notification]") -> None:
+        super().__init__()
         self.notes = notes
-        self._joined: dict[str, bytes] = {}
 
-    def get(self, wire: str) -> bytes:
-        data = self._joined.get(wire)
-        if data is None:
-            data = self._joined[wire] = b"".join([getattr(n, wire) for n in self.notes])
+    def __missing__(self, wire: str) -> bytes:
+        data = self[wire] = b"".join([getattr(n, wire) for n in self.notes])
         return data
 
 

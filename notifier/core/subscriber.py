@@ -21,11 +21,12 @@ def entitled_keys(user_id: str | None, topics: Iterable[str]) -> set[str]:
 class Subscriber:
     """Registered in the hub under each of its ``keys``; ``connection`` takes what is fanned out."""
 
-    __slots__ = ("connection", "keys", "user_id", "transport", "grant", "__weakref__")
+    __slots__ = ("connection", "offer", "keys", "user_id", "transport", "grant", "__weakref__")
 
     def __init__(self, connection: "Connection", transport: str, user_id: str | None,
                  topics: Iterable[str], grant: Any = None) -> None:
         self.connection = connection
+        self.offer = connection.offer  # bound once: the fan-out calls it for every batch
         self.transport = transport
         self.user_id = user_id
         self.keys = entitled_keys(user_id, topics)

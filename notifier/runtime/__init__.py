@@ -34,8 +34,9 @@ class Runtime(Protocol):
 
     def send_queue(self, maxsize: int) -> SendQueue: ...
 
-    def call_later(self, delay: float, fn: Callable[[], Any]) -> None:
-        """Run ``fn`` after ``delay`` seconds (0: soon), from any thread, without blocking the caller."""
+    def call_at(self, when: float, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` once ``time.monotonic()`` reaches ``when`` (or soon, if past); callable
+        from any thread, never blocks the caller."""
 
     def spawn(self, fn: Callable[..., Any], *args: Any) -> Task: ...
 

@@ -5,11 +5,11 @@ write to an idle connection's non-blocking socket without a lock.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import gevent
 from gevent.hub import Waiter, get_hub
-from gevent.monkey import get_original
 
 from ..core.send_queue import SendQueue
 
@@ -54,10 +54,6 @@ class _Greenlet:
         self.greenlet.kill(block=wait > 0, timeout=wait or None)
 
 
-_thread_ident = get_original("_thread", "get_ident")
-"""The OS thread's id (the patched ``threading.get_ident`` gives the greenlet's)."""
-
-
 class GeventRuntime:
     name = "gevent"
     direct_writes = True
@@ -69,15 +65,20 @@ class GeventRuntime:
     def send_queue(self, maxsize: int) -> SendQueue:
         return GeventSendQueue(maxsize)
 
-    def call_later(self, delay: float, fn: Callable[[], Any]) -> None:
-        if _thread_ident() != self._hub.thread_ident:
-            self._hub.loop.run_callback_threadsafe(self.call_later, delay, fn)
-            return
+    def call_at(self, when: float, fn: Callable[[], Any]) -> None:
+        # Always through the loop's async watcher, from this thread too: safe from any
+        # thread, and the timer is armed only after the loop's next poll for I/O, so the
+        # publishes that arrived meanwhile join the flush (bench A/B: -20% CPU per delivery
+        # in SSE bursts against arming at once).
+        self._hub.loop.run_callback_threadsafe(self._arm, when, fn)
+
+    def _arm(self, when: float, fn: Callable[[], Any]) -> None:
         loop = self._hub.loop
-        if delay <= 0:
+        wait = when - time.monotonic()
+        if wait <= 0:
             loop.run_callback(fn)
             return
-        timer = loop.timer(delay)
+        timer = loop.timer(wait)
 
         def fire() -> None:
             timer.close()

@@ -65,9 +65,9 @@ class ThreadRuntime:
     def send_queue(self, maxsize: int) -> SendQueue:
         return ThreadSendQueue(maxsize)
 
-    def call_later(self, delay: float, fn: Callable[[], Any]) -> None:
+    def call_at(self, when: float, fn: Callable[[], Any]) -> None:
         with self._cond:
-            heapq.heappush(self._due, (time.monotonic() + max(delay, 0.0), next(self._order), fn))
+            heapq.heappush(self._due, (when, next(self._order), fn))
             if self._scheduler is None:
                 self._scheduler = threading.Thread(target=self._run, name="notifier-scheduler", daemon=True)
                 self._scheduler.start()

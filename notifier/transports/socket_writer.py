@@ -90,7 +90,7 @@ class SocketWriter:
         """Send at once while idle, else queue; False when the queue is full (too slow)."""
         items: Sequence[Any] = notes
         if self.idle:
-            chunk = data.get(self.wire)
+            chunk = data[self.wire]
             try:
                 sent = self._out.send(chunk)
             except OSError:  # EAGAIN, or a broken socket the loop will find
@@ -124,7 +124,7 @@ class SocketWriter:
         self.close_code, self.close_reason = code, reason
         self.wake()
         if not self.waiting and self._sock is not None:
-            self.runtime.call_later(CUT_GRACE, self._shut_if_stuck)
+            self.runtime.call_at(time.monotonic() + CUT_GRACE, self._shut_if_stuck)
 
     def _shut_if_stuck(self) -> None:
         if self._sock is not None:

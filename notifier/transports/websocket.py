@@ -55,6 +55,7 @@ class WebSocketSession:
             raise
         if watcher is None:
             wsadapter.on_message(self.ws, writer.wake)
+            writer.wake()  # for what the library's thread read before it could wake anyone
         self._watcher = watcher
         writer.attach(self.sock.sock)
 
