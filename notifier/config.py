@@ -63,7 +63,9 @@ def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
 
 REDIS_URL_KEYS = ("NOTIFIER_REDIS_URL", "REDIS_URL")
 """Where the broker's Redis comes from, first found wins: a host app's own REDIS_URL (its
-cache, say) is only taken when NOTIFIER_REDIS_URL is not set, and the log says which."""
+cache, say) is only taken when NOTIFIER_REDIS_URL is not set, and the log says which.
+NOTIFIER_REDIS_URL=none keeps the in-process broker whatever REDIS_URL says."""
+NO_REDIS = "none"
 
 
 def _redis_url(config: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -72,8 +74,11 @@ def _redis_url(config: Mapping[str, Any]) -> tuple[str | None, str | None]:
     if key is None:
         return None, None
     url = str(_raw(config, key)).strip()
+    if key == "NOTIFIER_REDIS_URL" and url.lower() == NO_REDIS:
+        return None, None
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(key, "must start with redis://, rediss:// or unix://")
+        raise ConfigError(key, "must start with redis://, rediss:// or unix://" +
+                          (" (or be 'none')" if key == "NOTIFIER_REDIS_URL" else ""))
     # Heroku Redis serves TLS with a self-signed certificate: its docs say not to verify it.
     if url.startswith("rediss://") and not _flag(config, "NOTIFIER_REDIS_VERIFY_TLS", True) \
             and "ssl_cert_reqs=" not in url:
@@ -85,17 +90,15 @@ def _redis_url(config: Mapping[str, Any]) -> tuple[str | None, str | None]:
 
 
 def _url_problem(url: str) -> str | None:
-    """What is wrong with a redis:// URL, checked as redis-py will read it (without importing
-    redis here: gunicorn's master reads settings, and must not load ssl before gevent patches)."""
+    """What redis-py would refuse in a redis:// URL, found without importing redis here
+    (gunicorn's master reads settings, and must not load ssl before gevent patches)."""
     parts = urlsplit(url)
     try:
         parts.port
     except ValueError as exc:
         return str(exc)
-    if parts.scheme != "unix" and not parts.hostname:
-        return "no host"
-    db = parts.path.lstrip("/")
-    if parts.scheme != "unix" and db and not db.isdigit():
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and "db=" not in parts.query and not db.isdigit():
         return f"database {db!r} is not a number"
     return None
 

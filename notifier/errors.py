@@ -72,6 +72,12 @@ class ShuttingDown(NotifierError):
     retry_after = 1
 
 
+class IdentifyFailed(NotifierError):
+    """The host app's ``identify`` hook returned something that is not a user id (500)."""
+
+    status = 500
+
+
 class ServerUnsupported(NotifierError):
     """The WSGI server cannot carry a stream (one request at a time, or no socket handed over)."""
 

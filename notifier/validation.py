@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from uuid import UUID
 
 from .errors import InvalidNotification
 from .core.notification import now_iso
@@ -24,11 +25,12 @@ def check_topic(topic: Any) -> str:
 
 def user_id_of(value: Any, what: str = "user_id") -> str:
     """A user id as notifier keeps it: a string of 1-128 characters; an int (a database id) as
-    its decimal string. The same rule for ``publish()``, ``identify()``, tokens and POST /notify."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    its decimal string, a UUID as its text. The same rule for ``publish()``, ``identify()``,
+    tokens and POST /notify."""
+    if (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, UUID):
         value = str(value)
     if not isinstance(value, str):
-        raise InvalidNotification(f"{what} must be a string or an integer")
+        raise InvalidNotification(f"{what} must be a string, an integer or a UUID")
     if not 1 <= len(value) <= 128:
         raise InvalidNotification(f"{what} must be 1-128 characters")
     return value

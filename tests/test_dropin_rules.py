@@ -189,3 +189,36 @@ def test_a_host_apps_own_gunicorn_takes_notifiers_settings_as_a_module(tmp_path)
     assert run.returncode != 0
     assert "notifier cannot start: REDIS_URL: 2 workers need a Redis URL" in run.stderr, run.stderr[-2000:]
     assert "Using worker: gevent" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_identify_may_return_a_uuid_and_a_broken_hook_is_a_server_error_that_is_logged():
+    import uuid
+
+    who = {"value": uuid.UUID("12345678-1234-5678-1234-567812345678")}
+    app = create_app({"TESTING": True})
+    app.extensions["notifier"].identify = lambda: who["value"]
+    client = app.test_client()
+    with captured(app) as published:
+        app.extensions["notifier"].publish({"title": "t", "user_id": who["value"]})
+    assert published[0]["user_id"] == "12345678-1234-5678-1234-567812345678"
+    head = client.head(PREFIX + "/events")
+    assert head.status_code == 200 and head.headers["Content-Type"].startswith("text/event-stream")
+    who["value"] = object()
+    reply = client.get(PREFIX + "/events")
+    assert reply.status_code == 500 and "identify() returned" in reply.get_json()["error"]
+
+
+def test_a_head_request_for_the_stream_gets_the_same_refusals_as_a_get():
+    client = create_app({"TESTING": True, "NOTIFIER_SECRET": "s" * 32}).test_client()
+    assert client.head(PREFIX + "/events?token=not-a-token").status_code == 401
+    assert client.head(PREFIX + "/events?topic=private-ops").status_code == 403
+
+
+def test_a_host_can_keep_notifier_off_its_own_redis_and_urls_read_as_redis_py_reads_them(monkeypatch):
+    monkeypatch.delenv("NOTIFIER_REDIS_URL", raising=False)
+    assert Settings.load({"REDIS_URL": "redis://cache:6379/0", "NOTIFIER_REDIS_URL": "none"}).redis_url is None
+    for url in ("redis://:pw@/0", "redis://h:6379/0/", "redis://h:6379/x?db=2", "unix:///tmp/redis.sock"):
+        assert Settings.load({"REDIS_URL": url}).redis_url == url
+    for url in ("redis://h:port/0", "redis://h:6379/x", "http://h:6379/0"):
+        with pytest.raises(ConfigError, match="REDIS_URL"):
+            Settings.load({"REDIS_URL": url})

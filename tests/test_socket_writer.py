@@ -91,3 +91,32 @@ def test_on_os_threads_the_hub_never_writes_to_the_socket():
     fan_out(hub, note(1))  # straight into the queue: only the connection's own thread writes
     assert not writer.idle and writer.queue.qsize() == 1
     assert next(loop) == note(1).ws_frame
+
+
+def test_a_writer_cut_while_waiting_that_then_blocks_on_a_stalled_client_is_shut_out():
+    out, peer = socket.socketpair()
+    out.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    from gevent import socket as gsocket
+
+    sock = gsocket.socket(fileno=out.detach())
+    runtime = GeventRuntime()
+    writer = SocketWriter(runtime, 4096, "ws_frame")
+    writer.attach(sock)
+    hub = Hub(runtime, flush_interval=0.025)
+    hub.subscribe(writer, "ws")
+
+    def serve():
+        for data in writer.batches(30, b"", floor=note(0).id):  # a resume floor: not idle, all queued
+            sock.sendall(data)
+
+    running = gevent.spawn(serve)
+    gevent.sleep(0.01)
+    assert writer.waiting
+    fan_out(hub, *[note(seq, 2000) for seq in range(1, 400)])  # far more than the peer will ever read
+    writer.close(1013, "client too slow")
+    running.join(CUT_GRACE_BOUND)
+    assert running.dead  # shut after the grace period, not stuck in sendall forever
+    peer.close()
+
+
+CUT_GRACE_BOUND = 5.0

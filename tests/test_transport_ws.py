@@ -92,3 +92,31 @@ def test_a_pong_is_sent_after_a_half_written_frame_not_inside_it():
         running.kill()
         client.close()
         listener.close()
+
+
+def test_the_subscriber_is_released_when_writing_stops_not_after_the_close_lingers():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.socket()
+    client.connect(listener.getsockname())
+    server_sock, _ = listener.accept()
+    runtime = GeventRuntime()
+    writer = SocketWriter(runtime, 1024, WIRE)
+    session = WebSocketSession(writer, handshake_environ(server_sock), max_message_size=65536)
+    released = []
+    running = gevent.spawn(session.run, 30, lambda m: {}, (), None, lambda: released.append(time.monotonic()))
+    try:
+        gevent.sleep(0.05)
+        closed_at = time.monotonic()
+        writer.close(1001, "server shutting down")  # the client stays silent: no close reply
+        with gevent.Timeout(5):
+            while not released:
+                gevent.sleep(0.01)
+        assert released[0] - closed_at < 0.5  # before the 2 s linger for the client's reply
+        running.join(5)
+        assert running.dead
+    finally:
+        running.kill()
+        client.close()
+        listener.close()

@@ -88,15 +88,23 @@ def test_with_the_librarys_reader_thread_a_message_wakes_the_writer():
     ws, lingering = wsadapter.accept(environ, max_message_size=100, own_reader=False)
     read_handshake(client)
     woken = threading.Event()
-    wsadapter.on_message(ws, woken.set)
+    flooded = threading.Event()
+    wsadapter.on_message(ws, woken.set, 3, flooded.set)
     client.sendall(masked_frame(1, b"hello"))
     assert woken.wait(5)
     assert wsadapter.take_messages(ws, 16) == ["hello"]
-    wsadapter.close(ws, 1001, "bye")
-    assert client.recv(2)[:1] == b"\x88"
-    client.close()
+    client.sendall(b"".join(masked_frame(1, b"m%d" % i) for i in range(10)))  # unanswered: a flood
+    assert flooded.wait(5)
     ws.thread.join(5)
-    assert not ws.thread.is_alive()
+    assert not ws.thread.is_alive() and wsadapter.pending(ws) <= 3  # the reader stopped reading
+    rest = b""
+    while True:  # and the connection ends (a development server's cut: no close frame)
+        data = client.recv(65536)
+        if not data:
+            break
+        rest += data
+    assert len(rest) < 1000
+    client.close()
 
 
 def test_the_response_after_a_connection_tells_gunicorn_it_is_handled():

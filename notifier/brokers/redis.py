@@ -82,6 +82,7 @@ class RedisBroker(Broker):
         self.ttl_ms = settings.history_ttl * 1000
         self.client = _client(self.url, socket_timeout=2.0)
         self._follower: Task | None = None
+        self._generation = 0  # the follower of this generation delivers; stop() or start() ends older ones
         self._following = False
         self._deliver: Deliver | None = None
         self._on_gap: OnGap | None = None
@@ -171,13 +172,17 @@ class RedisBroker(Broker):
                     self._last, self._last_is_a_guess = f"{now_ms()}-0", True
                     log.warning("redis unavailable at start (%s); following from now", exc)
             self._following = True
-            self._follower = self.runtime.spawn(self._follow)
+            self._generation += 1
+            self._follower = self.runtime.spawn(self._follow, self._generation)
 
     def stop(self) -> None:
+        # A greenlet is killed; a thread (blocked in XREAD up to BLOCK_MS) sees that its
+        # generation is over and ends without delivering anything more.
         self._following = False
+        self._generation += 1
         follower, self._follower = self._follower, None
         if follower is not None:
-            follower.stop(wait=2)
+            follower.stop()
 
     def _tail(self, client: redis.Redis) -> str:
         last = client.xrevrange(self.stream, count=1)
@@ -206,14 +211,14 @@ class RedisBroker(Broker):
         if self._on_gap is not None:
             self._on_gap()
 
-    def _follow(self) -> None:
+    def _follow(self, generation: int) -> None:
         """Follow the stream forever; on any Redis error, back off and go on from the last id."""
         # No silent retry: a dropped connection must be seen, so the gap check runs.
         client = _client(self.url, socket_timeout=BLOCK_MS / 1000 + 5, retries=0)
         backoff = 0.1
         next_trim = 0.0
         reconnecting = False
-        while self._following:
+        while self._generation == generation:
             try:
                 if self._last is None:
                     self._last = self._tail(client)
@@ -230,9 +235,11 @@ class RedisBroker(Broker):
                 backoff = 0.1
                 for _stream, entries in response or ():
                     for entry in entries:
+                        if self._generation != generation:
+                            return  # stopped, or another follower took over
                         self._last, self._last_is_a_guess = entry[0].decode(), False
                         notification = self._notification(entry)
-                        if notification is not None and self._deliver is not None and self._following:
+                        if notification is not None and self._deliver is not None:
                             self._deliver(notification)
             except redis.RedisError as exc:
                 if self.connected:

@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import browser, cli
 from ..config import Settings
-from ..errors import NotifierError, ServerUnsupported
+from ..errors import IdentifyFailed, NotifierError, ServerUnsupported
 from . import views
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def http_error(exc: HTTPException) -> Response:
 
 
 def notifier_error(exc: NotifierError) -> Response:
-    if isinstance(exc, ServerUnsupported):  # the operator must hear of it, not only the client
+    if isinstance(exc, (ServerUnsupported, IdentifyFailed)):  # the operator must hear of it, not only the client
         log.error("notifier refused a stream: %s", exc.message)
     response = views.error(exc.status, exc.message)
     retry_after = getattr(exc, "retry_after", None)

@@ -17,7 +17,7 @@ from ..auth import check_metrics_reader, check_origin, check_publisher, socket_p
     subscriber_topics
 from ..core.closing import TOO_SLOW
 from ..core.subscriber import entitled_keys
-from ..errors import InvalidNotification, NotifierError, PayloadTooLarge, ServerUnsupported, \
+from ..errors import IdentifyFailed, InvalidNotification, NotifierError, PayloadTooLarge, ServerUnsupported, \
     ShuttingDown, UnsupportedMediaType
 from ..openapi import spec
 from ..ratelimit import publisher_id
@@ -65,14 +65,11 @@ def read_json_body(max_bytes: int) -> Any:
 class Subscription:
     """Who is asking and what they may get; every check is made before any stream starts."""
 
-    def __init__(self, svc: Service, *, live: bool = True) -> None:
+    def __init__(self, svc: Service, *, live: bool = True, stream: bool = True) -> None:
         settings = svc.settings
         if live:
             if svc.hub.closing:  # a stopping worker takes no new subscribers: retry elsewhere
                 raise ShuttingDown("server shutting down: reconnect")
-            if svc.runtime.name == "threads" and not request.environ.get("wsgi.multithread"):
-                raise ServerUnsupported("this server runs one request at a time, so a stream would block it: run "
-                                        "gunicorn -k gevent (or flask run, which is threaded)")
             check_origin(settings, request.headers.get("Origin"))
         self.grant = subscriber_grant(settings, request.args.get("token"), request.headers.get("Authorization"))
         self.user_id = self.grant.user_id if self.grant is not None else identified_user(svc)
@@ -80,6 +77,9 @@ class Subscription:
         self.last_id = check_last_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
         if live:
             svc.check_room(self.user_id)
+        if live and stream and svc.runtime.name == "threads" and not request.environ.get("wsgi.multithread"):
+            raise ServerUnsupported("this server runs one request at a time, so a stream would block it: run "
+                                    "gunicorn -k gevent (or flask run, which is threaded)")
 
     @property
     def expires_at(self) -> float | None:
@@ -91,7 +91,12 @@ def identified_user(svc: Service) -> str | None:
     if svc.identify is None:
         return None
     user = svc.identify()
-    return None if user is None else user_id_of(user, "identify() returned a user id that")
+    if user is None:
+        return None
+    try:
+        return user_id_of(user, "identify() returned a user id that")
+    except InvalidNotification as exc:  # the host app's bug, not the client's
+        raise IdentifyFailed(exc.message) from None
 
 
 def notify() -> tuple[Response, int]:
@@ -105,10 +110,10 @@ def notify() -> tuple[Response, int]:
 def events() -> Response:
     svc = service()
     headers = {**sse.HEADERS, **cors_headers(svc)}
-    if request.method == "HEAD":  # the headers a stream would have, and no stream
-        return Response(b"", mimetype="text/event-stream", headers=headers)
     svc.start()
-    asked = Subscription(svc)
+    asked = Subscription(svc, stream=request.method != "HEAD")
+    if request.method == "HEAD":  # what a stream would answer, without the stream
+        return Response(b"", mimetype="text/event-stream", headers=headers)
     writer = svc.writer("sse_chunk", asked.expires_at)
     session = sse.SSESession(writer, request.environ)
     sub, replay, floor = svc.attach(writer, "sse", asked.user_id, asked.topics, asked.grant, asked.last_id)
@@ -138,7 +143,8 @@ def ws() -> Any:
         session.refuse(TOO_SLOW, exc.message)  # 1013: try again later
         return session.response()
     try:
-        session.run(svc.settings.heartbeat, lambda raw: ws_actions.answer(svc, sub, raw), replay, floor)
+        session.run(svc.settings.heartbeat, lambda raw: ws_actions.answer(svc, sub, raw), replay, floor,
+                    on_end=lambda: svc.hub.unsubscribe(sub))
     finally:
         svc.hub.unsubscribe(sub)
         # gunicorn writes no access-log line for an upgraded connection: one line here

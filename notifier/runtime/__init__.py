@@ -53,12 +53,25 @@ def gevent_patched() -> bool:
     return monkey is not None and monkey.is_module_patched("socket")
 
 
+_shared: dict[str, Runtime] = {}
+
+
 def detect() -> Runtime:
-    """The runtime for this process: gevent where gevent patched it, else OS threads."""
-    if gevent_patched():
-        from .gevent import GeventRuntime
+    """The runtime for this process: gevent where gevent patched it, else OS threads.
 
-        return GeventRuntime()
-    from .threads import ThreadRuntime
+    One per process, shared by every app in it: the thread runtime's one scheduler thread
+    serves them all, so apps made and dropped (a host's tests) leave no thread behind.
+    """
+    name = "gevent" if gevent_patched() else "threads"
+    runtime = _shared.get(name)
+    if runtime is None:
+        if name == "gevent":
+            from .gevent import GeventRuntime
 
-    return ThreadRuntime()
+            runtime = GeventRuntime()
+        else:
+            from .threads import ThreadRuntime
+
+            runtime = ThreadRuntime()
+        runtime = _shared.setdefault(name, runtime)
+    return runtime

@@ -8,12 +8,15 @@ sockets are blocking, and only a connection's own thread writes to it.
 from __future__ import annotations
 
 import heapq
+import logging
 import itertools
 import threading
 import time
 from typing import Any, Callable
 
 from ..core.send_queue import SendQueue
+
+log = logging.getLogger(__name__)
 
 
 class ThreadSendQueue(SendQueue):
@@ -79,7 +82,10 @@ class ThreadRuntime:
                 while not self._due or self._due[0][0] > time.monotonic():
                     self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
                 _, _, fn = heapq.heappop(self._due)
-            fn()  # the hub's flush: it catches and logs its own errors
+            try:
+                fn()
+            except Exception:  # the scheduler must outlive any one call
+                log.exception("scheduled call failed")
 
     def spawn(self, fn: Callable[..., Any], *args: Any) -> _Thread:
         thread = threading.Thread(target=fn, args=args, name=f"notifier-{getattr(fn, '__name__', 'task')}",

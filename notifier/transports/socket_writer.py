@@ -116,14 +116,15 @@ class SocketWriter:
     def close(self, code: int, reason: str) -> None:
         """Mark closed and wake the loop, which ends the connection with ``code``.
 
-        A loop stuck in a write to a stalled client is not waiting to be woken: its
-        socket is shut after a grace period, so it fails out.
+        A loop that gets stuck in a write to a stalled client (now, or once it wakes to a
+        full queue) would never see it: its socket is shut after a grace period, so the
+        write fails out. The timer does nothing once the connection has ended.
         """
         if self.close_code is not None:
             return
         self.close_code, self.close_reason = code, reason
         self.wake()
-        if not self.waiting and self._sock is not None:
+        if self._sock is not None:
             self.runtime.call_at(time.monotonic() + CUT_GRACE, self._shut_if_stuck)
 
     def _shut_if_stuck(self) -> None:

@@ -54,15 +54,16 @@ class WebSocketSession:
                 watcher.close()
             raise
         if watcher is None:
-            wsadapter.on_message(self.ws, writer.wake)
+            wsadapter.on_message(self.ws, writer.wake, MAX_PENDING_MESSAGES, self._flooded)
             writer.wake()  # for what the library's thread read before it could wake anyone
         self._watcher = watcher
         writer.attach(self.sock.sock)
 
     def run(self, heartbeat: float, on_message: OnMessage, replay: Sequence[Notification] = (),
-            floor: str | None = None) -> None:
+            floor: str | None = None, on_end: Callable[[], None] | None = None) -> None:
         """Until the client or the server closes; ``replay`` (at resume) goes first, and
-        live notifications up to ``floor`` are skipped as already sent."""
+        live notifications up to ``floor`` are skipped as already sent. ``on_end`` (release
+        the subscriber) runs as soon as the writing stops, before the close lingers."""
         writer = self.writer
         self._on_message = on_message
         try:
@@ -78,6 +79,8 @@ class WebSocketSession:
             log.debug("websocket write failed: %s", exc)
         finally:
             writer.detach()
+            if on_end is not None:
+                on_end()
             if self._watcher is not None:
                 self._watcher.close()
             wsadapter.finish(self.ws)
@@ -92,6 +95,9 @@ class WebSocketSession:
 
     def response(self) -> Any:
         return wsadapter.Finished(self.ws)
+
+    def _flooded(self) -> None:  # from the library's reader thread
+        self.writer.close(POLICY, "too many messages")
 
     def _on_readable(self) -> None:  # a loop callback: note it, wake the writer
         self._watcher.stop()

@@ -67,12 +67,25 @@ NO_EVENT = _NoEvent()
 
 
 class WakeEvent(threading.Event):
-    """simple-websocket's ``event_class``: also wakes the writer when a message arrived."""
+    """simple-websocket's ``event_class``: also wakes the writer when a message arrived, and
+    stops the reader thread (flood) when more than ``limit`` messages wait unanswered."""
 
     wake: Callable[[], None] | None = None
+    ws: Any = None
+    limit = 0
+    flooded: Callable[[], None] | None = None
 
     def set(self) -> None:
         super().set()
+        ws = self.ws
+        if ws is not None and len(ws.input_buffer) > self.limit:
+            ws.input_buffer.clear()
+            try:  # the reader's next recv ends it: nothing more piles up
+                ws.sock.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+            if self.flooded is not None:
+                self.flooded()
         if self.wake is not None:
             self.wake()
 
@@ -129,6 +142,10 @@ class LingeringSocket:
         except OSError:
             pass
         finally:
+            try:  # wakes a reader thread still blocked in recv (a silent client)
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             sock.close()
 
 
@@ -154,9 +171,12 @@ def can_accept(environ: dict) -> bool:
     return any(k in environ for k in SOCKET_KEYS)
 
 
-def on_message(ws: Server, wake: Callable[[], None]) -> None:
-    """With the library's reader thread: call ``wake`` whenever a message or close arrives."""
-    ws.event.wake = wake
+def on_message(ws: Server, wake: Callable[[], None], limit: int, flooded: Callable[[], None]) -> None:
+    """With the library's reader thread: call ``wake`` whenever a message or close arrives,
+    and ``flooded`` (once the reader has stopped) when more than ``limit`` wait unanswered."""
+    event = ws.event
+    event.limit, event.flooded, event.ws = limit, flooded, ws
+    event.wake = wake
 
 
 def read_available(ws: Server, lingering: LingeringSocket, raw: Any) -> tuple[list[bytes], bool]:
