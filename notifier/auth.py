@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from .config import Settings
 from .errors import Forbidden, InvalidNotification, Unauthorized
@@ -52,12 +53,23 @@ def bearer(header: str | None) -> str | None:
     return value.strip() or None
 
 
+PROXY_HEADERS = ("HTTP_FORWARDED", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP")
+"""A request that came through a proxy on this host carries one of these: its socket peer
+is loopback, but the client is not."""
+
+
+def is_local(environ: Mapping[str, Any]) -> bool:
+    """A loopback peer that is not a proxy passing a request on (no forwarding headers)."""
+    return is_loopback(socket_peer(environ)) and not any(environ.get(h) for h in PROXY_HEADERS)
+
+
 def check_publisher(environ: Mapping[str, Any], api_keys: tuple[str, ...]) -> str | None:
-    """The publisher key of this request (None for a loopback peer), or Unauthorized/Forbidden."""
+    """The publisher key of this request (None for a local peer), or Unauthorized/Forbidden."""
     if not api_keys:
-        if is_loopback(socket_peer(environ)):
+        if is_local(environ):
             return None
-        raise Forbidden("publishing is only allowed from loopback; set NOTIFIER_API_KEYS to publish from elsewhere")
+        raise Forbidden("publishing is only allowed from this host (loopback, not through a proxy); "
+                        "set NOTIFIER_API_KEYS to publish from elsewhere")
     key = bearer(environ.get("HTTP_AUTHORIZATION"))
     if key is None:
         raise Unauthorized("missing publisher key: send Authorization: Bearer <key>")
@@ -71,7 +83,7 @@ def check_publisher(environ: Mapping[str, Any], api_keys: tuple[str, ...]) -> st
 
 def check_metrics_reader(environ: Mapping[str, Any], settings: Settings) -> None:
     """/metrics: open with NOTIFIER_METRICS_PUBLIC; else a loopback peer, or a publisher key."""
-    if settings.metrics_public or is_loopback(socket_peer(environ)):
+    if settings.metrics_public or is_local(environ):
         return
     if not settings.api_keys:
         raise Forbidden("metrics are served to loopback peers only; scrape with a key from NOTIFIER_API_KEYS "
@@ -79,10 +91,29 @@ def check_metrics_reader(environ: Mapping[str, Any], settings: Settings) -> None
     check_publisher(environ, settings.api_keys)
 
 
-def check_origin(settings: Settings, origin: str | None) -> None:
-    """Refuse a browser page from an origin not allowed (cross-site WebSocket hijacking)."""
-    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
+def check_origin(settings: Settings, origin: str | None, host: str) -> None:
+    """With NOTIFIER_ALLOWED_ORIGINS set, refuse a browser page from any other origin than
+    those and this host's own."""
+    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins \
+            and not same_origin(origin, host):
         raise Forbidden("origin not allowed (NOTIFIER_ALLOWED_ORIGINS)")
+
+
+def same_origin(origin: str, host: str) -> bool:
+    """The page's origin is this host (the scheme may differ behind a TLS proxy)."""
+    return urlsplit(origin).netloc.lower() == host.lower()
+
+
+def check_session_origin(settings: Settings, origin: str | None, host: str) -> None:
+    """A connection the host app identified from its cookie or session (``identify``) is an
+    ambient credential: a page of another site must not borrow it. Its ``Origin`` must be
+    this host's own, or one in NOTIFIER_ALLOWED_ORIGINS. (No ``Origin``: not a cross-site
+    browser request. A token is no ambient credential and may come from anywhere.)"""
+    if origin is None or origin in settings.allowed_origins:
+        return
+    if not same_origin(origin, host):
+        raise Forbidden("a page of another origin cannot use this site's session: "
+                        "list it in NOTIFIER_ALLOWED_ORIGINS, or connect with a token")
 
 
 def subscriber_grant(settings: Settings, query_token: str | None, authorization: str | None) -> Grant | None:

@@ -124,6 +124,7 @@ class Settings:
     demo: bool
     metrics_route: bool
     openapi_route: bool
+    redis_pool: int = 50
     redis_url_key: str | None = None
 
     @property
@@ -158,6 +159,7 @@ class Settings:
             worker_connections=_number(config, "NOTIFIER_WORKER_CONNECTIONS", 10000, minimum=20),
             flush_interval=_number(config, "NOTIFIER_FLUSH_INTERVAL", 0.025, float, minimum=0.0),
             metrics_public=_flag(config, "NOTIFIER_METRICS_PUBLIC", False),
+            redis_pool=_number(config, "NOTIFIER_REDIS_POOL", 50),
             demo=_flag(config, "NOTIFIER_DEMO", standalone),
             metrics_route=_flag(config, "NOTIFIER_METRICS", True),
             openapi_route=_flag(config, "NOTIFIER_OPENAPI", True),

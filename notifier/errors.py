@@ -43,9 +43,10 @@ class Forbidden(NotifierError):
 
 
 class BrokerUnavailable(NotifierError):
-    """The broker cannot be reached: the notification was NOT accepted (503)."""
+    """The broker cannot be reached: the notification was NOT accepted (503, Retry-After)."""
 
     status = 503
+    retry_after = 1
 
 
 class TooManyRequests(NotifierError):

@@ -128,7 +128,7 @@ def resumed(replayed: int, reset: bool) -> None:
     """A connection resumed: ``replayed`` notifications from history, or a reset."""
     if reset:
         RESETS.inc()
-    elif replayed:
+    if replayed:
         REPLAYED.inc(replayed)
 
 

@@ -12,7 +12,7 @@ from .brokers import create_broker
 from .config import Settings
 from .core.closing import RESTART
 from .core.hub import Hub
-from .core.notification import BROADCAST, Notification, encode_fields, now_iso, parse_id, target_key
+from .core.notification import BROADCAST, Notification, encode_fields, format_id, now_iso, parse_id, target_key
 from .core.subscriber import Subscriber
 from .errors import InvalidNotification, TooManyRequests, WorkerFull
 from .runtime import Runtime, detect
@@ -105,21 +105,41 @@ class Service:
     def resume(self, keys: set[str], last_id: str | None) -> tuple[list[Notification], str | None]:
         """What a connection resuming after ``last_id`` gets first, and the floor for live ones.
 
-        Without ``last_id`` there is nothing to replay. If ``last_id`` is no longer in
-        history the answer is a single ``notifier.reset``.
+        Without ``last_id`` there is nothing to replay. A ``last_id`` that cannot be resumed
+        from (no longer in history, Redis restarted empty, ahead of history, or not an id
+        of ours at all) gets a ``notifier.reset`` first — never an error, which a browser's
+        EventSource would take as the end — and then every notification history still
+        holds after it: what was accepted after Redis restarted empty is never skipped.
         """
         if last_id is None:
             return [], None
-        missed = self.broker.history(last_id)
-        if missed is None:
-            # The reset carries the newest id, so a reconnect resumes from there; with an
-            # empty history, the stale id itself, so a reconnect is reset again (never "").
-            newest = self.broker.newest_id()
-            metrics.resumed(0, reset=True)
-            return [reset_notification(newest or last_id, last_id)], newest
-        entitled = [n for n in missed if n.target in keys]
-        metrics.resumed(len(entitled), reset=False)
-        return entitled, (missed[-1].id if missed else last_id)
+        valid = is_id(last_id)
+        missed = self.broker.history(last_id) if valid else None
+        if missed is not None:
+            entitled = [n for n in missed if n.target in keys]
+            metrics.resumed(len(entitled), reset=False)
+            return entitled, (missed[-1].id if missed else last_id)
+        kept = self.broker.history(None) or []
+        newer = [n for n in kept if n.id > last_id] if valid else []
+        newest = kept[-1].id if kept else None
+        # The reset's id is where the client's resume point moves to: just before what is
+        # replayed after it (clients drop ids at or below their resume point).
+        reset_id = last_id if newer else (newest or (last_id if valid else format_id(0, 0)))
+        entitled = [n for n in newer if n.target in keys]
+        metrics.resumed(len(entitled), reset=True)
+        return [reset_notification(reset_id, last_id[:MAX_ECHOED_ID]), *entitled], newest
+
+
+MAX_ECHOED_ID = 256
+"""Characters of a client's unusable resume point echoed back in its reset."""
+
+
+def is_id(value: str) -> bool:
+    try:
+        parse_id(value)
+    except ValueError:
+        return False
+    return True
 
 
 def check_last_id(value: str | None) -> str | None:

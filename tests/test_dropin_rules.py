@@ -7,6 +7,7 @@ import subprocess
 import time
 
 import pytest
+import websocket
 import requests
 from flask import Flask
 
@@ -222,3 +223,60 @@ def test_a_host_can_keep_notifier_off_its_own_redis_and_urls_read_as_redis_py_re
     for url in ("redis://h:port/0", "redis://h:6379/x", "http://h:6379/0"):
         with pytest.raises(ConfigError, match="REDIS_URL"):
             Settings.load({"REDIS_URL": url})
+
+
+@pytest.fixture(scope="module")
+def session_app(server_factory):
+    return server_factory(app="examples.factory_app:create_app()", prefix=PREFIX, env={"NOTIFIER_SECRET": "s" * 32})
+
+
+def open_as(server, transport, cookie=None, origin=None, **params):
+    if transport == "ws":
+        headers = [f"Origin: {origin}"] if origin else []
+        return WSClient(server.url, path=PREFIX + "/ws", cookie=cookie, headers=headers,
+                        suppress_origin=True, **params)
+    return SSEClient(server.url, path=PREFIX + "/events", cookie=cookie,
+                     headers={"Origin": origin} if origin else None, **params)
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+def test_a_page_of_another_site_cannot_borrow_the_users_session(session_app, transport, closing):
+    """Cross-site WebSocket hijacking: a page on evil.example opening /ws with the user's
+    cookie gets a 403, before any stream; the app's own pages and listed origins get in."""
+    alice = cookie_of(login(session_app.url, "alice"))
+    assert status_of(session_app, transport, cookie=alice, origin="http://evil.example") == 403
+    for origin in (session_app.url, None):  # its own pages (Origin = its Host), and non-browsers
+        assert status_of(session_app, transport, cookie=alice, origin=origin) == 200
+
+
+def status_of(server, transport, **kwargs) -> int:
+    try:
+        client = open_as(server, transport, **kwargs)
+    except websocket.WebSocketBadStatusException as exc:
+        return exc.status_code
+    try:
+        return getattr(client, "status", 200)
+    finally:
+        client.close()
+
+
+def test_origins_listed_may_use_the_session_and_the_list_holds_for_tokens_too(server_factory):
+    server = server_factory(app="examples.factory_app:create_app()", prefix=PREFIX,
+                            env={"NOTIFIER_SECRET": "s" * 32, "NOTIFIER_ALLOWED_ORIGINS": "https://partner.example"})
+    alice = cookie_of(login(server.url, "alice"))
+    from notifier.tokens import issue_token
+
+    for transport in ("ws", "sse"):
+        assert status_of(server, transport, cookie=alice, origin="https://partner.example") == 200
+        assert status_of(server, transport, cookie=alice, origin=server.url) == 200
+        assert status_of(server, transport, origin="http://evil.example", token=issue_token("s" * 32, "a")) == 403
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+def test_a_token_is_no_ambient_credential_and_an_anonymous_page_gets_broadcasts_from_anywhere(
+        session_app, transport, closing):
+    from notifier.tokens import issue_token
+
+    token = issue_token("s" * 32, "alice")
+    for params in ({"token": token}, {}):
+        assert status_of(session_app, transport, origin="http://elsewhere.example", **params) == 200

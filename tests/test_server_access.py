@@ -209,9 +209,12 @@ def test_publish_rate_holds_across_workers_with_redis(notifier_server, redis_ser
 def test_loopback_rule_uses_the_socket_even_behind_proxyfix(notifier_server, short_tmp):
     sock_path = str(short_tmp / "n.sock")
     server = notifier_server(workers=1, app="tests.apps.proxied_app:app", bind=[f"unix:{sock_path}"])
-    # Over TCP from 127.0.0.1 with a forged public X-Forwarded-For: still a loopback peer.
-    r = post_notify(server.url, {"title": "x"}, headers={"X-Forwarded-For": "203.0.113.9"})
+    # Over TCP from 127.0.0.1, as is: a loopback peer, even with ProxyFix in the app.
+    r = post_notify(server.url, {"title": "x"})
     assert r.status == 202
+    # The same peer forwarding for someone (ProxyFix would rewrite REMOTE_ADDR from it): a proxy.
+    r = post_notify(server.url, {"title": "x"}, headers={"X-Forwarded-For": "127.0.0.1"})
+    assert r.status == 403
     # Through the unix socket (as from a local proxy) claiming 127.0.0.1: not loopback.
     r = unix_request(sock_path, "POST", "/notify", {"title": "x"}, headers={"X-Forwarded-For": "127.0.0.1"})
     assert r.status == 403 and "NOTIFIER_API_KEYS" in r.body["error"]

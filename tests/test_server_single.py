@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 
 import pytest
 import requests
@@ -216,3 +218,25 @@ def test_closed_subscribers_do_not_break_delivery_to_others(server, closing):
     ids = [publish(server.url, title=f"x{i}") for i in range(5)]
     for c in (stay_ws, stay_sse):
         assert [m["id"] for m in c.notifications(5, timeout=10)] == ids
+
+
+def test_wire_json_never_carries_a_character_that_splits_lines(server):
+    """U+2028, U+2029 and U+0085 (and the control characters JSON escapes anyway) go out as
+    \\uXXXX escapes: a client that splits lines like str.splitlines() reads one line each."""
+    tricky = "a\u2028b\u2029c\u0085d\x0be\x0cf\x1cg\x1dh\x1ei"
+    host, port = server.url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = b""
+        while b"retry:" not in raw:
+            raw += sock.recv(65536)
+        notification_id = publish(server.url, title=tricky, message="m", data={"k": tricky})
+        while notification_id.encode() not in raw or raw.count(b"\n\n") < 2:
+            raw += sock.recv(65536)
+    data = next(line for line in raw.decode("utf-8").split("\n") if line.startswith("data: "))
+    assert len(data.splitlines()) == 1
+    assert not any(ch in data for ch in "\u2028\u2029\u0085\x0b\x0c\x1c\x1d\x1e")
+    body = json.loads(data[len("data: "):])
+    assert body["title"] == tricky and body["data"] == {"k": tricky}
+    history = requests.get(server.url + "/notifications", timeout=5).text
+    assert len(history.splitlines()) == 1

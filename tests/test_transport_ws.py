@@ -120,3 +120,37 @@ def test_the_subscriber_is_released_when_writing_stops_not_after_the_close_linge
         running.kill()
         client.close()
         listener.close()
+
+
+def test_a_message_in_the_same_read_as_the_close_is_answered_before_the_close():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.socket()
+    client.connect(listener.getsockname())
+    server_sock, _ = listener.accept()
+    runtime = GeventRuntime()
+    writer = SocketWriter(runtime, 1024, WIRE)
+    session = WebSocketSession(writer, handshake_environ(server_sock), max_message_size=65536)
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += client.recv(1)
+    running = gevent.spawn(session.run, 30, lambda m: {"ack": m})
+    try:
+        gevent.sleep(0.02)
+        client.sendall(masked_frame(1, b"hello") + masked_frame(8, struct.pack("!H", 1000)))
+        with gevent.Timeout(5):
+            frames, buf = [], b""
+            while len(frames) < 2:
+                data = client.recv(65536)
+                assert data, "closed before both frames"
+                buf += data
+                while len(buf) >= 2 and len(buf) >= 2 + (buf[1] & 0x7F):
+                    n = buf[1] & 0x7F
+                    frames.append((buf[0] & 0x0F, buf[2:2 + n]))
+                    buf = buf[2 + n:]
+        assert frames[0] == (1, b'{"ack":"hello"}') and frames[1][0] == 8  # the answer, then the close
+    finally:
+        running.kill()
+        client.close()
+        listener.close()

@@ -28,10 +28,16 @@ from .redis_script import NotSent, run_publish_script
 
 log = logging.getLogger(__name__)
 
-BLOCK_MS = 5000
+BLOCK_MS = 1000
+"""The follower's XREAD BLOCK: with FOLLOW_TIMEOUT_MARGIN, a dead connection (a network
+partition sends no reset) is noticed within about 2 s."""
+FOLLOW_TIMEOUT_MARGIN = 1.0
+POOL_WAIT = 5.0
+"""Seconds a publish or resume waits for a pooled Redis connection before it is a 503."""
 BATCH = 512
 PAGE = 1000
-MAX_BACKOFF = 5.0
+MAX_BACKOFF = 1.0
+"""Most seconds between the follower's reconnect attempts: streams resume soon after Redis is back."""
 TRIM_EVERY = 30.0
 """Seconds between TTL trims of the stream (XTRIM MINID); reads filter by TTL exactly."""
 UNKNOWN_OUTCOME_WINDOW = 3.0
@@ -50,16 +56,23 @@ def to_stream_id(notification_id: str) -> str:
     return f"{ms}-{seq}"
 
 
-def _client(url: str, socket_timeout: float, retries: int = 1) -> redis.Redis:
+def _client(url: str, socket_timeout: float, retries: int = 1, pool_size: int = 1) -> redis.Redis:
+    """A client whose callers wait (up to POOL_WAIT) for one of ``pool_size`` connections:
+    redis-py's default pool raises "Too many connections" instead, which a resume storm
+    (a worker's every client reconnecting at once) turns into 503s while Redis is fine."""
     # One retry, on connection errors only: it replaces a pooled connection that went
     # stale across a Redis restart. Timeouts are not retried: the command may have run.
-    return redis.Redis.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=pool_size,
+        timeout=POOL_WAIT,
         socket_timeout=socket_timeout,
         socket_connect_timeout=1.0,
+        socket_keepalive=True,
         health_check_interval=10,
         retry=Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,)),
     )
+    return redis.Redis(connection_pool=pool)
 
 
 def _unavailable(exc: Exception) -> BrokerUnavailable:
@@ -80,7 +93,7 @@ class RedisBroker(Broker):
         self.history_size = settings.history_size
         self.publish_rate = settings.publish_rate
         self.ttl_ms = settings.history_ttl * 1000
-        self.client = _client(self.url, socket_timeout=2.0)
+        self.client = _client(self.url, socket_timeout=2.0, pool_size=settings.redis_pool)
         self._follower: Task | None = None
         self._generation = 0  # the follower of this generation delivers; stop() or start() ends older ones
         self._following = False
@@ -214,7 +227,7 @@ class RedisBroker(Broker):
     def _follow(self, generation: int) -> None:
         """Follow the stream forever; on any Redis error, back off and go on from the last id."""
         # No silent retry: a dropped connection must be seen, so the gap check runs.
-        client = _client(self.url, socket_timeout=BLOCK_MS / 1000 + 5, retries=0)
+        client = _client(self.url, socket_timeout=BLOCK_MS / 1000 + FOLLOW_TIMEOUT_MARGIN, retries=0)
         backoff = 0.1
         next_trim = 0.0
         reconnecting = False

@@ -16,6 +16,9 @@ from ..errors import InvalidNotification
 BROADCAST = "@all"
 """Hub key of a notification for every connection; '@' is not allowed in topic names."""
 
+LINE_BREAKS = (("\u0085", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+"""Characters ``str.splitlines()`` splits on that ``json.dumps(ensure_ascii=False)`` leaves raw."""
+
 _MS_DIGITS = 13
 _SEQ_DIGITS = 6
 
@@ -62,9 +65,16 @@ def encode_fields(fields: dict[str, Any]) -> bytes:
     (``1e400`` parses to infinity), lone surrogates, objects that are not JSON.
     """
     try:
-        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (ValueError, TypeError, UnicodeEncodeError, RecursionError) as exc:
         raise InvalidNotification(f"notification cannot be encoded as JSON: {exc}") from None
+    # JSON escapes every control character below U+0020; these three it leaves raw, yet
+    # str.splitlines() (and so line-based clients, httpx's iter_lines among them) breaks
+    # on them. They can only stand inside strings, so escaping them in place is exact.
+    for raw, escaped in LINE_BREAKS:
+        if raw in text:
+            text = text.replace(raw, escaped)
+    return text.encode()
 
 
 def ws_text_frame(payload: bytes) -> bytes:

@@ -13,11 +13,11 @@ from flask import Response, current_app, jsonify, request
 from werkzeug.wsgi import ClosingIterator
 
 from .. import metrics
-from ..auth import check_metrics_reader, check_origin, check_publisher, socket_peer, subscriber_grant, \
-    subscriber_topics
+from ..auth import check_metrics_reader, check_origin, check_publisher, check_session_origin, socket_peer, \
+    subscriber_grant, subscriber_topics
 from ..core.closing import TOO_SLOW
 from ..core.subscriber import entitled_keys
-from ..errors import IdentifyFailed, InvalidNotification, NotifierError, PayloadTooLarge, ServerUnsupported, \
+from ..errors import BrokerUnavailable, IdentifyFailed, InvalidNotification, NotifierError, PayloadTooLarge, ServerUnsupported, \
     ShuttingDown, UnsupportedMediaType
 from ..openapi import spec
 from ..ratelimit import publisher_id
@@ -70,11 +70,14 @@ class Subscription:
         if live:
             if svc.hub.closing:  # a stopping worker takes no new subscribers: retry elsewhere
                 raise ShuttingDown("server shutting down: reconnect")
-            check_origin(settings, request.headers.get("Origin"))
+            check_origin(settings, request.headers.get("Origin"), request.host)
         self.grant = subscriber_grant(settings, request.args.get("token"), request.headers.get("Authorization"))
         self.user_id = self.grant.user_id if self.grant is not None else identified_user(svc)
+        if self.grant is None and self.user_id is not None:  # named by the session cookie
+            check_session_origin(settings, request.headers.get("Origin"), request.host)
         self.topics = subscriber_topics(settings, request.args.getlist("topic"), self.grant)
-        self.last_id = check_last_id(request.headers.get("Last-Event-ID") or request.args.get("last_event_id"))
+        # Taken as it comes: one that cannot be resumed from gets a reset, never a 4xx.
+        self.last_id = request.headers.get("Last-Event-ID") or request.args.get("last_event_id") or None
         if live:
             svc.check_room(self.user_id)
         if live and stream and svc.runtime.name == "threads" and not request.environ.get("wsgi.multithread"):
@@ -214,7 +217,9 @@ def healthz() -> Response:
 def readyz() -> Response:
     if service().broker.ready():
         return jsonify(status="ready")
-    return error(503, "broker unavailable")
+    response = error(503, "broker unavailable")
+    response.headers["Retry-After"] = str(BrokerUnavailable.retry_after)
+    return response
 
 
 def metrics_text() -> Response:

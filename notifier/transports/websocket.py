@@ -111,9 +111,10 @@ class WebSocketSession:
         if self._readable:
             self._readable = False
             out, gone = wsadapter.read_available(ws, self.sock, self._raw)
-            if gone:
+            if gone:  # what came before the close (or a bad frame) is answered, then the close
                 log.debug("websocket closed by client (%s)", ws.close_reason)
-                return out, True
+                answers = [json_frame(self._on_message(m)) for m in wsadapter.take_messages(ws, MAX_PENDING_MESSAGES)]
+                return answers + out, True
         elif self._watcher is None and not ws.connected:
             return out, True
         if wsadapter.pending(ws) > MAX_PENDING_MESSAGES:
