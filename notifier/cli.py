@@ -81,7 +81,7 @@ def register(bp: Blueprint) -> None:
         if url is None and st.settings.redis_url:
             payload = {"title": title, "message": message, "user_id": user, "topic": topic, "type": type_, "data": data}
             try:
-                notification_id = st.publish({k: v for k, v in payload.items() if v is not None}, start=False)
+                notification_id = st.publish({k: v for k, v in payload.items() if v is not None}, start=False).id
             except BrokerUnavailable as exc:
                 raise click.ClickException(f"not sent: {exc.message}") from None
             except NotifierError as exc:

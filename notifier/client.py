@@ -27,6 +27,7 @@ import random
 import socket
 import threading
 import time
+import uuid
 from typing import Any, Callable, Iterator
 from urllib.parse import urlencode, urlsplit
 
@@ -35,6 +36,9 @@ from .errors import NotifierError
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+PUBLISH_RETRIES = 3
+PUBLISH_BACKOFF = 0.5
+MAX_PUBLISH_DELAY = 5.0
 RESET = "notifier.reset"
 """Type of the notification that says: your resume point is gone, refetch state."""
 
@@ -78,21 +82,38 @@ def _error_of(response: http.client.HTTPResponse) -> ClientError:
     return ClientError(response.status, str(message), seconds)
 
 
-def publish(title: str | None, message: str | None = None, *, user: str | None = None, topic: str | None = None,
-            type: str | None = None, data: dict[str, Any] | None = None, url: str = DEFAULT_URL,
-            key: str | None = None, timeout: float = 10.0) -> str:
+def publish(title: str | None, message: str | None = None, *, user: str | int | None = None,
+            topic: str | None = None, type: str | None = None, data: dict[str, Any] | None = None,
+            url: str = DEFAULT_URL, key: str | None = None, timeout: float = 10.0,
+            idempotency_key: str | None = None, retries: int = PUBLISH_RETRIES) -> str:
     """``POST /notify`` one notification; returns its id once the server has it in history.
 
-    ``user`` targets one user's connections, ``topic`` a topic's, neither everyone.
-    Raises ``ClientError`` with the server's status and ``error`` on 4xx/5xx (a 503 means it
-    was not stored: publishing again is safe), or with status None if the server could
-    not be reached in ``timeout`` seconds.
+    ``user`` targets one user's connections, ``topic`` a topic's, neither everyone. Every
+    attempt carries the same ``Idempotency-Key`` (a fresh one unless given), so a 503 or a
+    dropped connection is retried (up to ``retries`` times, after the server's
+    ``Retry-After``) and the notification is still published once. Raises ``ClientError``
+    with the server's status and ``error`` on any other 4xx/5xx or once the retries are
+    spent, with status None if the server could not be reached.
     """
     fields = {"title": title, "message": message, "user_id": user, "topic": topic, "type": type, "data": data}
     body = json.dumps({k: v for k, v in fields.items() if v is not None}).encode()
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    headers = {"Content-Type": "application/json", "Accept": "application/json",
+               "Idempotency-Key": idempotency_key or uuid.uuid4().hex}
     if key:
         headers["Authorization"] = f"Bearer {key}"
+    for attempt in range(retries + 1):
+        try:
+            return _post_notify(url, body, headers, timeout)
+        except ClientError as exc:
+            if attempt == retries or exc.status not in (None, 503):
+                raise
+            delay = exc.retry_after if exc.retry_after is not None else PUBLISH_BACKOFF * 2 ** attempt
+            log.info("publish to %s: %s; retrying in %.1fs with the same Idempotency-Key", url, exc, delay)
+            time.sleep(min(delay, MAX_PUBLISH_DELAY))
+    raise AssertionError("unreachable")
+
+
+def _post_notify(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str:
     conn, prefix = _connection(url, timeout)
     try:
         conn.request("POST", prefix + "/notify", body=body, headers=headers)

@@ -125,13 +125,26 @@ class Settings:
     metrics_route: bool
     openapi_route: bool
     redis_pool: int = 50
+    idempotency_ttl: int = 86400
+    body_timeout: float = 10.0
     redis_url_key: str | None = None
 
     @property
     def max_subscribers(self) -> int:
         """Subscribers one worker takes: gunicorn's worker_connections less a reserve, so
         publishes and health checks still get a connection slot when subscribers are many."""
-        return max(1, self.worker_connections - max(10, self.worker_connections // 20))
+        return max(1, self.worker_connections - self.reserve)
+
+    @property
+    def reserve(self) -> int:
+        """Connection slots kept from subscribers: 5%, at least 10."""
+        return max(10, self.worker_connections // 20)
+
+    @property
+    def max_body_readers(self) -> int:
+        """Publish bodies read at once, at most: half the reserve, so slow senders can never
+        take the slots health checks and other publishes need."""
+        return max(1, self.reserve // 2)
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None, standalone: bool = False) -> "Settings":
@@ -160,6 +173,8 @@ class Settings:
             flush_interval=_number(config, "NOTIFIER_FLUSH_INTERVAL", 0.025, float, minimum=0.0),
             metrics_public=_flag(config, "NOTIFIER_METRICS_PUBLIC", False),
             redis_pool=_number(config, "NOTIFIER_REDIS_POOL", 50),
+            idempotency_ttl=_number(config, "NOTIFIER_IDEMPOTENCY_TTL", 86400),
+            body_timeout=_number(config, "NOTIFIER_BODY_TIMEOUT", 10.0, float, minimum=0.1),
             demo=_flag(config, "NOTIFIER_DEMO", standalone),
             metrics_route=_flag(config, "NOTIFIER_METRICS", True),
             openapi_route=_flag(config, "NOTIFIER_OPENAPI", True),

@@ -26,6 +26,12 @@ class InvalidNotification(NotifierError):
     status = 400
 
 
+class RequestTimeout(NotifierError):
+    """The request body did not arrive within NOTIFIER_BODY_TIMEOUT (408)."""
+
+    status = 408
+
+
 class PayloadTooLarge(NotifierError):
     status = 413
 
@@ -40,6 +46,12 @@ class Unauthorized(NotifierError):
 
 class Forbidden(NotifierError):
     status = 403
+
+
+class IdempotencyConflict(NotifierError):
+    """An ``Idempotency-Key`` already used for another body by this publisher (422)."""
+
+    status = 422
 
 
 class BrokerUnavailable(NotifierError):
@@ -61,6 +73,13 @@ class TooManyRequests(NotifierError):
 
 class WorkerFull(NotifierError):
     """This worker holds as many subscribers as it may: the client should retry (503)."""
+
+    status = 503
+    retry_after = 1
+
+
+class ServerBusy(NotifierError):
+    """Too many requests of one kind at once on this worker: retry soon (503)."""
 
     status = 503
     retry_after = 1

@@ -24,13 +24,14 @@ def _subscribe_params(*, resume: bool) -> list[dict[str, Any]]:
          "description": "subscriber JWT (HS256, NOTIFIER_SECRET); or Authorization: Bearer"},
     ]
     if resume:
-        params.append({"name": "last_event_id", "in": "query", "required": False, "schema": ID,
-                       "description": "resume after this id (SSE also takes the Last-Event-ID header)"})
+        params.append({"name": "last_event_id", "in": "query", "required": False, "schema": {"type": "string"},
+                       "description": "resume after this id (SSE also takes the Last-Event-ID header); "
+                                      "one that cannot be resumed from gets notifier.reset first"})
     return params
 
 
 SUBSCRIBE_ERRORS = {
-    "400": _error("bad topic or resume id, too many topics"),
+    "400": _error("bad topic, too many topics"),
     "401": _error("bad, expired or wrongly signed token"),
     "403": _error("private topic not granted, or origin not allowed"),
     "429": _error("too many connections for this user"),
@@ -49,19 +50,25 @@ def spec(base_path: str = "") -> dict[str, Any]:
             "/notify": {"post": {
                 "summary": "Publish a notification",
                 "security": [{"publisherKey": []}, {}],
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "pattern": "^[ -~]{1,255}$"},
+                                "description": "a repeat from the same publisher answers the same id and "
+                                               "publishes nothing again (NOTIFIER_IDEMPOTENCY_TTL)"}],
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Publish"}}}},
                 "responses": {
                     "202": {"description": "accepted: it is in history",
                             "content": {"application/json": {"schema": {
                                 "type": "object", "required": ["id"], "properties": {"id": ID}}}}},
-                    "400": _error("bad JSON or fields"),
+                    "400": _error("bad JSON, fields or Idempotency-Key"),
                     "401": _error("publisher key missing"),
-                    "403": _error("wrong key, or not a loopback peer while NOTIFIER_API_KEYS is unset"),
+                    "403": _error("wrong key, or not a local peer while NOTIFIER_API_KEYS is unset"),
+                    "408": _error("body not received within NOTIFIER_BODY_TIMEOUT"),
                     "413": _error("body larger than NOTIFIER_MAX_MESSAGE_BYTES"),
                     "415": _error("not application/json"),
+                    "422": _error("Idempotency-Key already used for another body"),
                     "429": _error("publish rate over NOTIFIER_PUBLISH_RATE (see Retry-After)"),
-                    "503": _error("broker unavailable: not accepted"),
+                    "503": _error("broker unavailable or too busy: not accepted (see Retry-After)"),
                 },
             }},
             "/events": {"get": {

@@ -15,6 +15,7 @@ from .core.hub import Hub
 from .core.notification import BROADCAST, Notification, encode_fields, format_id, now_iso, parse_id, target_key
 from .core.subscriber import Subscriber
 from .errors import InvalidNotification, TooManyRequests, WorkerFull
+from .idempotency import Published, idempotency
 from .runtime import Runtime, detect
 from .transports.socket_writer import SocketWriter
 from .validation import validate_publish
@@ -39,6 +40,7 @@ class Service:
         self.listeners: list[Listener] = []  # told (fields, id) of each publish: notifier.testing
         self.identify: Callable[[], Any] | None = None  # the host app's hook: who the user is
         self.own_identify = False  # given to init_app for this app alone
+        self.body_readers = 0  # publish bodies being read now (flask.body caps them)
         SERVICES.add(self)
 
     def start(self) -> None:
@@ -57,21 +59,25 @@ class Service:
         self.hub.close_all()
         self.broker.stop()
 
-    def publish(self, payload: Any, publisher: str | None = None, *, start: bool = True) -> str:
+    def publish(self, payload: Any, publisher: str | None = None, *, start: bool = True,
+                idempotency_key: str | None = None) -> Published:
         """Validate and publish one notification; returns its id once it is in history.
 
-        A ``publisher`` is held to the publish rate (TooManyRequests when over it).
-        ``start=False`` publishes without following the broker (a CLI process has no
-        subscribers of its own).
+        A ``publisher`` is held to the publish rate (TooManyRequests when over it). With an
+        ``idempotency_key`` seen before from the same publisher, nothing is published again
+        and the first id comes back (``replayed``). ``start=False`` publishes without
+        following the broker (a CLI process has no subscribers of its own).
         """
         fields = validate_publish(payload)
+        once = idempotency(idempotency_key, publisher, fields, self.settings.idempotency_ttl)
         if start:
             self.start()
-        notification_id = self.broker.publish(target_key(fields), fields["type"], encode_fields(fields), publisher)
-        metrics.published()
-        for listener in list(self.listeners):
-            listener(fields, notification_id)
-        return notification_id
+        published = self.broker.publish(target_key(fields), fields["type"], encode_fields(fields), publisher, once)
+        if not published.replayed:
+            metrics.published()
+            for listener in list(self.listeners):
+                listener(fields, published.id)
+        return published
 
     def check_room(self, user_id: str | None) -> None:
         """Refuse a new subscriber this worker has no room for (503) or a user with too many (429)."""

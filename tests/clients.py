@@ -452,9 +452,10 @@ def post_notify(base_url: str, body: Any = None, *, raw: bytes | None = None,
     return Reply(r.status_code, _parse_body(r.text), {k.lower(): v for k, v in r.headers.items()}, r.text)
 
 
-def publish(base_url: str, timeout: float = 10.0, path: str = "/notify", **fields) -> str:
+def publish(base_url: str, timeout: float = 10.0, path: str = "/notify", headers: dict | None = None,
+            **fields) -> str:
     """Publish and insist on 202; returns the notification id."""
-    r = post_notify(base_url, fields, timeout=timeout, path=path)
+    r = post_notify(base_url, fields, timeout=timeout, path=path, headers=headers)
     assert r.status == 202, f"publish {fields!r} -> {r.status} {r.text!r}"
     assert isinstance(r.body, dict) and isinstance(r.body.get("id"), str), r.text
     return r.body["id"]
@@ -517,7 +518,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, message: str =
 
 
 def sync_subscribers(base_url: str, clients, timeout: float = 15.0, path: str = "/notify",
-                     **target) -> None:
+                     headers: dict | None = None, **target) -> None:
     """Make sure every client is registered with the hub before a test publishes.
 
     A connection is registered a moment after its handshake completes, so a test
@@ -530,7 +531,7 @@ def sync_subscribers(base_url: str, clients, timeout: float = 15.0, path: str = 
     while pending:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(pending)} of {len(clients)} subscribers never received a sync marker")
-        publish(base_url, path=path, type=SYNC_TYPE, title="sync", **target)
+        publish(base_url, path=path, headers=headers, type=SYNC_TYPE, title="sync", **target)
         round_deadline = time.monotonic() + 0.5
         still = []
         for c in pending:

@@ -125,7 +125,8 @@ class RedisServer:
             self.proc = subprocess.Popen(
                 [_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                  "--save", "3600 1" if self.persist else "", "--dbfilename", "dump.rdb",
-                 "--appendonly", "yes" if self.aof else "no", "--dir", str(self.dir), "--daemonize", "no"],
+                 "--appendonly", "yes" if self.aof else "no", "--dir", str(self.dir), "--daemonize", "no",
+                 "--enable-debug-command", "local"],  # DEBUG SLEEP: tests stall Redis with it
                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         finally:

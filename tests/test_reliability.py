@@ -3,6 +3,7 @@ answering (SIGSTOP, as in a network partition), and 503s that say when to retry.
 from __future__ import annotations
 
 import os
+import socket
 import signal
 import threading
 import time
@@ -60,3 +61,53 @@ def test_a_redis_that_stops_answering_is_noticed_within_about_two_seconds(notifi
     assert noticed < 3.5, f"noticed after {noticed:.1f}s"
     wait_until(lambda: requests.post(server.url + "/notify", json={"title": "back"}, timeout=5).status_code == 202,
                timeout=15, message="publishing again")
+
+
+def test_slow_publish_bodies_get_408_and_never_take_the_slots_health_checks_need(notifier_server, closing):
+    """Subscribers at the worker's cap, then 40 clients sending a publish body a byte a
+    second: each gets 408 after NOTIFIER_BODY_TIMEOUT (or 503 at once when more than half
+    the reserve already reads bodies), and meanwhile /healthz, /readyz and publishes answer."""
+    from clients import SSEClient
+
+    server = notifier_server(env={"NOTIFIER_WORKER_CONNECTIONS": 40, "NOTIFIER_BODY_TIMEOUT": 2})
+    subscribers = [closing(SSEClient(server.url)) for _ in range(30)]  # 40 - a reserve of 10
+    assert all(s.status == 200 for s in subscribers)
+    host, port = server.url.rsplit("/", 1)[1].split(":")
+    answers: list[bytes] = []
+
+    def slow_sender() -> None:
+        with socket.create_connection((host, int(port)), timeout=20) as s:
+            s.sendall(b"POST /notify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{")
+            deadline = time.monotonic() + 12
+            s.settimeout(1.0)
+            while time.monotonic() < deadline:
+                try:
+                    data = s.recv(4096)
+                except socket.timeout:
+                    try:
+                        s.sendall(b" ")
+                    except OSError:
+                        break
+                    continue
+                except OSError:
+                    break
+                answers.append(data)
+                break
+
+    senders = [threading.Thread(target=slow_sender) for _ in range(40)]
+    for t in senders:
+        t.start()
+    time.sleep(0.5)
+    for _ in range(5):  # while they dribble
+        started = time.monotonic()
+        assert requests.get(server.url + "/healthz", timeout=3).status_code == 200
+        assert requests.get(server.url + "/readyz", timeout=3).status_code == 200
+        assert requests.post(server.url + "/notify", json={"title": "still"}, timeout=3).status_code == 202
+        assert time.monotonic() - started < 3
+        time.sleep(0.3)
+    for t in senders:
+        t.join(20)
+    statuses = sorted({a.split(b" ", 2)[1] for a in answers if a.startswith(b"HTTP/1.1 ")})
+    assert len(answers) == 40 and statuses in ([b"408"], [b"408", b"503"]), (len(answers), statuses)
+    assert any(b'"error"' in a and b"NOTIFIER_BODY_TIMEOUT" in a for a in answers)

@@ -34,7 +34,7 @@ def test_a_follower_stopped_and_started_again_on_threads_delivers_once(redis_ser
     broker.start(got.append)
     time.sleep(0.2)
     broker.publish("@all", "notification", encode_fields({"title": "once"}))
-    deadline = time.monotonic() + 8  # past the old thread's XREAD block, so it had its chance
+    deadline = time.monotonic() + 3  # past the old thread's XREAD block, so it had its chance
     while time.monotonic() < deadline:
         time.sleep(0.1)
         if len(got) > 1:

@@ -11,6 +11,7 @@ from typing import Callable
 
 from ..config import Settings
 from ..core.notification import Notification
+from ..idempotency import Idempotency, Published
 from ..runtime import Runtime
 
 Deliver = Callable[[Notification], None]
@@ -21,12 +22,16 @@ class Broker(ABC):
     """Accepts publishes (into history) and delivers every notification to this worker's hub."""
 
     @abstractmethod
-    def publish(self, target: str, type: str, fields_json: bytes, publisher: str | None = None) -> str:
+    def publish(self, target: str, type: str, fields_json: bytes, publisher: str | None = None,
+                idempotency: Idempotency | None = None) -> Published:
         """Store one notification in history and send it to every worker; return its id.
 
         Raises ``BrokerUnavailable`` if it was not stored: the caller must not answer 202.
         A ``publisher`` (see ``ratelimit.publisher_id``) is held to NOTIFIER_PUBLISH_RATE:
-        over it, nothing is stored and ``TooManyRequests`` is raised.
+        over it, nothing is stored and ``TooManyRequests`` is raised. With ``idempotency``,
+        a key seen before returns the first id (``replayed``) and stores nothing, or raises
+        ``IdempotencyConflict`` when it came with another body — checked in the same step
+        that stores the notification.
         """
 
     @abstractmethod

@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 
 from ..config import Settings
 from ..core.notification import Notification, format_id, now_ms
+from ..errors import IdempotencyConflict
+from ..idempotency import CONFLICT, Idempotency, Published
 from ..ratelimit import RateLimiter
 from .base import Broker, Deliver, OnGap
+
+
+MAX_KEYS = 100_000
+"""Idempotency keys kept in memory at most (each for NOTIFIER_IDEMPOTENCY_TTL)."""
 
 
 class MemoryBroker(Broker):
@@ -20,6 +27,7 @@ class MemoryBroker(Broker):
         self._deliver: Deliver | None = None
         self._last = (0, 0)
         self._limiter = RateLimiter(settings.publish_rate)
+        self._keys: dict[str, tuple[str, str, float]] = {}  # idempotency: name -> (id, fingerprint, until)
 
     def _next_id(self) -> str:
         ms, seq = now_ms(), 0
@@ -29,17 +37,34 @@ class MemoryBroker(Broker):
         self._last = (ms, seq)
         return format_id(ms, seq)
 
-    def publish(self, target: str, type: str, fields_json: bytes, publisher: str | None = None) -> str:
-        if publisher is not None:
-            self._limiter.check(publisher)
+    def publish(self, target: str, type: str, fields_json: bytes, publisher: str | None = None,
+                idempotency: Idempotency | None = None) -> Published:
         with self._lock:
+            if idempotency is not None:
+                seen = self._keys.get(idempotency.name)
+                if seen is not None and seen[2] > time.monotonic():
+                    if seen[1] != idempotency.fingerprint:
+                        raise IdempotencyConflict(CONFLICT)
+                    return Published(seen[0], replayed=True)
+            if publisher is not None:
+                self._limiter.check(publisher)
             notification = Notification(self._next_id(), target, type, fields_json)
+            if idempotency is not None:
+                self._remember(idempotency, notification.id)
             self.ring.append(notification)
             deliver = self._deliver
             # Dispatch under the lock so hub order is id order across publishers.
             if deliver is not None:
                 deliver(notification)
-        return notification.id
+        return Published(notification.id)
+
+    def _remember(self, idempotency: Idempotency, notification_id: str) -> None:
+        now = time.monotonic()
+        if len(self._keys) >= MAX_KEYS:  # forget the expired, then the oldest: memory stays bounded
+            self._keys = {k: v for k, v in self._keys.items() if v[2] > now}
+            while len(self._keys) >= MAX_KEYS:
+                del self._keys[next(iter(self._keys))]
+        self._keys[idempotency.name] = (notification_id, idempotency.fingerprint, now + idempotency.ttl)
 
     def history(self, after: str | None = None) -> list[Notification] | None:
         cutoff = format_id(now_ms() - self.ttl_ms, 0)

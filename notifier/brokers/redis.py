@@ -20,11 +20,13 @@ from redis.retry import Retry
 
 from ..config import Settings
 from ..core.notification import Notification, format_id, now_ms, parse_id
-from ..errors import BrokerUnavailable, ConfigError
+from ..errors import BrokerUnavailable, ConfigError, IdempotencyConflict
+from ..idempotency import CONFLICT as CONFLICT_MESSAGE
+from ..idempotency import Idempotency, Published
 from ..ratelimit import too_many
 from ..runtime import Runtime, Task
 from .base import Broker, Deliver, OnGap
-from .redis_script import NotSent, run_publish_script
+from .redis_script import CONFLICT, OVER_RATE, REPLAYED, NotSent, run_publish_script
 
 log = logging.getLogger(__name__)
 
@@ -104,26 +106,32 @@ class RedisBroker(Broker):
         self.connected = False
         self.reconnects = 0
 
-    def publish(self, target: str, type: str, fields_json: bytes, publisher: str | None = None) -> str:
+    def publish(self, target: str, type: str, fields_json: bytes, publisher: str | None = None,
+                idempotency: Idempotency | None = None) -> Published:
         """XADD exactly once, or raise BrokerUnavailable when it was certainly not stored.
 
         A reply lost to a dropped connection leaves the outcome unknown: the entry may be
         in Redis. Answering 503 then would be a lie, so the publish is retried under the
         same token (the script adds it at most once) until Redis answers, for a bounded time.
-        The publisher's rate is counted by the same script, in the same round trip.
+        The publisher's rate and its Idempotency-Key are checked by the same script, in the
+        same round trip.
         """
         now = time.time()
         rate_key = f"{self.prefix}:rate:{publisher}:{int(now)}" if publisher is not None else ""
-        keys = (self.stream, f"{self.prefix}:published:{secrets.token_hex(12)}", rate_key)
-        args = (self.history_size, target, type, fields_json, TOKEN_TTL, self.publish_rate)
+        idem_key = f"{self.prefix}:idem:{idempotency.name}" if idempotency is not None else ""
+        keys = (self.stream, f"{self.prefix}:published:{secrets.token_hex(12)}", rate_key, idem_key)
+        args = (self.history_size, target, type, fields_json, TOKEN_TTL, self.publish_rate,
+                idempotency.fingerprint if idempotency else "", idempotency.ttl if idempotency else 0)
         deadline = time.monotonic() + UNKNOWN_OUTCOME_WINDOW
         delay, sent = 0.05, False
         while True:
             try:
-                stream_id = run_publish_script(self.client, keys, args)
-                if stream_id == 0:
+                answer = run_publish_script(self.client, keys, args)
+                if answer[0] == OVER_RATE:
                     raise too_many(self.publish_rate, now)
-                return to_notification_id(stream_id)
+                if answer[0] == CONFLICT:
+                    raise IdempotencyConflict(CONFLICT_MESSAGE)
+                return Published(to_notification_id(answer[1]), replayed=answer[0] == REPLAYED)
             except NotSent as exc:
                 if not sent:
                     raise _unavailable(exc.__cause__ or exc) from exc

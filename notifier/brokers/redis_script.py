@@ -8,21 +8,36 @@ from typing import Any
 
 import redis
 
-# XADD at most once per publish token: a retry after a lost reply returns the first id
-# instead of adding the notification again. KEYS[3], if not "", is the publisher's
-# counter for this second: over ARGV[6] publishes nothing is added and the answer is 0.
+# The answer is {STORED, id}, {REPLAYED, id}, {CONFLICT} or {OVER_RATE}.
+# KEYS[4], if not "", is the publisher's Idempotency-Key: seen before with the same body
+# fingerprint (ARGV[7]) it answers the first id and adds nothing; with another body,
+# CONFLICT. KEYS[2] is this publish's own token: a retry after a lost reply gets the first
+# id instead of a second entry. KEYS[3], if not "", counts the publisher's publishes this
+# second: over ARGV[6], nothing is added.
 PUBLISH_ONCE = """
+if KEYS[4] ~= '' then
+  local seen = redis.call('HMGET', KEYS[4], 'id', 'f')
+  if seen[1] then
+    if seen[2] == ARGV[7] then return {1, seen[1]} end
+    return {2}
+  end
+end
 local id = redis.call('GET', KEYS[2])
-if id then return id end
+if id then return {0, id} end
 if KEYS[3] ~= '' then
   local n = redis.call('INCR', KEYS[3])
   if n == 1 then redis.call('EXPIRE', KEYS[3], 2) end
-  if n > tonumber(ARGV[6]) then return 0 end
+  if n > tonumber(ARGV[6]) then return {3} end
 end
 id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', ARGV[2], 'y', ARGV[3], 'n', ARGV[4])
 redis.call('SET', KEYS[2], id, 'EX', ARGV[5])
-return id
+if KEYS[4] ~= '' then
+  redis.call('HSET', KEYS[4], 'id', id, 'f', ARGV[7])
+  redis.call('EXPIRE', KEYS[4], ARGV[8])
+end
+return {0, id}
 """
+STORED, REPLAYED, CONFLICT, OVER_RATE = 0, 1, 2, 3
 PUBLISH_ONCE_SHA = hashlib.sha1(PUBLISH_ONCE.encode()).hexdigest()
 
 

@@ -74,7 +74,10 @@ def encode_fields(fields: dict[str, Any]) -> bytes:
     for raw, escaped in LINE_BREAKS:
         if raw in text:
             text = text.replace(raw, escaped)
-    return text.encode()
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 for it
+        raise InvalidNotification(f"notification cannot be encoded as JSON: {exc}") from None
 
 
 def ws_text_frame(payload: bytes) -> bytes:

@@ -63,15 +63,18 @@ class Notifier:
         return hook
 
     def publish(self, title: str | None = None, message: str | None = None, *, type: str | None = None,
-                user_id: str | int | None = None, topic: str | None = None, data: dict | None = None) -> str:
+                user_id: str | int | None = None, topic: str | None = None, data: dict | None = None,
+                idempotency_key: str | None = None) -> str:
         """Publish from Python code, with the same rules as ``POST /notify``; returns the id.
 
         Raises ``InvalidNotification`` for bad fields and ``BrokerUnavailable`` when the
-        broker did not take it (nothing was published: retry, or tell the user).
+        broker did not take it (nothing was published: retry, with the same
+        ``idempotency_key`` if one was given, and it is published once).
         """
         payload: dict[str, Any] = {"title": title, "message": message, "type": type,
                                    "user_id": user_id, "topic": topic, "data": data}
-        return self.service().publish({k: v for k, v in payload.items() if v is not None})
+        return self.service().publish({k: v for k, v in payload.items() if v is not None},
+                                      idempotency_key=idempotency_key).id
 
     def issue_token(self, user_id: str | int, topics: tuple[str, ...] | list[str] = (), ttl: int = DEFAULT_TTL) -> str:
         """A subscriber token for ``user_id`` granting private ``topics``, signed with NOTIFIER_SECRET."""

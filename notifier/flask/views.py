@@ -3,7 +3,6 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -17,8 +16,8 @@ from ..auth import check_metrics_reader, check_origin, check_publisher, check_se
     subscriber_grant, subscriber_topics
 from ..core.closing import TOO_SLOW
 from ..core.subscriber import entitled_keys
-from ..errors import BrokerUnavailable, IdentifyFailed, InvalidNotification, NotifierError, PayloadTooLarge, ServerUnsupported, \
-    ShuttingDown, UnsupportedMediaType
+from ..errors import BrokerUnavailable, IdentifyFailed, InvalidNotification, NotifierError, ServerUnsupported, \
+    ShuttingDown
 from ..openapi import spec
 from ..ratelimit import publisher_id
 from ..service import Service, check_last_id
@@ -26,6 +25,7 @@ from ..transports import sse, wsadapter
 from ..transports.websocket import WIRE, WebSocketSession
 from ..validation import user_id_of
 from . import ws_actions
+from .body import read_json_body
 
 log = logging.getLogger(__name__)
 
@@ -39,27 +39,6 @@ def service() -> Service:
 def json_bytes(body: bytes) -> Response:
     """A JSON response from bytes already serialized (notification bodies are, once per worker)."""
     return Response(body, mimetype="application/json")
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def read_json_body(max_bytes: int) -> Any:
-    """The request's JSON body, within the size limit, or the matching NotifierError."""
-    mimetype = request.mimetype or ""
-    if mimetype != "application/json" and not mimetype.endswith("+json"):
-        raise UnsupportedMediaType("Content-Type must be application/json")
-    too_large = PayloadTooLarge(f"body larger than {max_bytes} bytes (NOTIFIER_MAX_MESSAGE_BYTES)")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise too_large
-    body = request.stream.read(max_bytes + 1)
-    if len(body) > max_bytes:
-        raise too_large
-    try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidNotification(f"body is not valid JSON: {exc}") from None
 
 
 class Subscription:
@@ -105,9 +84,13 @@ def identified_user(svc: Service) -> str | None:
 def notify() -> tuple[Response, int]:
     svc = service()
     key = check_publisher(request.environ, svc.settings.api_keys)
-    payload = read_json_body(svc.settings.max_message_bytes)
-    notification_id = svc.publish(payload, publisher_id(key, socket_peer(request.environ)))
-    return jsonify(id=notification_id), 202
+    payload = read_json_body(svc)
+    published = svc.publish(payload, publisher_id(key, socket_peer(request.environ)),
+                            idempotency_key=request.headers.get("Idempotency-Key"))
+    response = jsonify(id=published.id)
+    if published.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response, 202
 
 
 def events() -> Response:

@@ -9,7 +9,7 @@ server such as ``flask run`` (a thread per connection, a scheduler thread for fl
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, ContextManager, Protocol
 
 from ..core.send_queue import SendQueue
 
@@ -41,6 +41,10 @@ class Runtime(Protocol):
     def spawn(self, fn: Callable[..., Any], *args: Any) -> Task: ...
 
     def sleep(self, seconds: float) -> None: ...
+
+    def deadline(self, seconds: float, error: BaseException) -> ContextManager[Any]:
+        """Raise ``error`` in the block if it runs past ``seconds`` (a thread's blocking read
+        cannot be interrupted: there the block runs to its end)."""
 
     def watch_readable(self, fileno: int) -> Watcher | None:
         """A watcher that calls back when the socket has something to read, or None if

@@ -6,7 +6,7 @@ write to an idle connection's non-blocking socket without a lock.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 import gevent
 from gevent.hub import Waiter, get_hub
@@ -91,6 +91,9 @@ class GeventRuntime:
 
     def sleep(self, seconds: float) -> None:
         gevent.sleep(seconds)
+
+    def deadline(self, seconds: float, error: BaseException) -> ContextManager[Any]:
+        return gevent.Timeout(seconds, error)
 
     def watch_readable(self, fileno: int) -> Any:
         return self._hub.loop.io(fileno, 1)

@@ -7,12 +7,13 @@ sockets are blocking, and only a connection's own thread writes to it.
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import itertools
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 from ..core.send_queue import SendQueue
 
@@ -95,6 +96,9 @@ class ThreadRuntime:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+    def deadline(self, seconds: float, error: BaseException) -> ContextManager[Any]:
+        return contextlib.nullcontext()
 
     def watch_readable(self, fileno: int) -> None:
         return None

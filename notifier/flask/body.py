@@ -1,0 +1,83 @@
+"""Reading a publish body: JSON only, within the size limit, within NOTIFIER_BODY_TIMEOUT,
+and only so many at once.
+
+gunicorn bounds how long a client may take to send headers (``keepalive``) but not the
+body, and every connection holds one of the worker's slots: a hundred clients sending a
+byte a second would take every slot left beside the subscribers. So a body must arrive
+within its deadline (408), and at most half the reserve of slots waits for slow bodies:
+past that, a body must be there at once (a publisher's is) or it gets 503 within a
+quarter second. Either way the connection's read side is shut, so gunicorn does not wait
+for the rest of that body before closing it.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from typing import Any
+
+from flask import request
+
+from ..errors import InvalidNotification, PayloadTooLarge, RequestTimeout, ServerBusy, UnsupportedMediaType
+from ..service import Service
+from ..transports.socket_writer import os_socket
+
+_lock = threading.Lock()
+AT_ONCE = 0.25
+"""Seconds a body may take past the cap on slow readers: enough for one that was sent whole."""
+
+
+def read_json_body(svc: Service) -> Any:
+    """The request's JSON body, or the NotifierError that says what is wrong with it."""
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    max_bytes = svc.settings.max_message_bytes
+    too_large = PayloadTooLarge(f"body larger than {max_bytes} bytes (NOTIFIER_MAX_MESSAGE_BYTES)")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    body = _read(svc, max_bytes + 1)
+    if len(body) > max_bytes:
+        raise too_large
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidNotification(f"body is not valid JSON: {exc}") from None
+
+
+def _read(svc: Service, limit: int) -> bytes:
+    """Read the body within the deadline. Past the cap on slow readers, only a body that is
+    there at once (a publisher's usually came with its headers) is read: else 503."""
+    with _lock:
+        counted = svc.body_readers < svc.settings.max_body_readers
+        if counted:
+            svc.body_readers += 1
+    if counted:
+        timeout, error = svc.settings.body_timeout, RequestTimeout(
+            f"body not received within {svc.settings.body_timeout:g}s (NOTIFIER_BODY_TIMEOUT)")
+    else:
+        timeout, error = AT_ONCE, ServerBusy("too many slow publish bodies arriving at once: retry")
+    try:
+        with svc.runtime.deadline(timeout, error):
+            return request.stream.read(limit)
+    except (RequestTimeout, ServerBusy):
+        _stop_reading()
+        raise
+    finally:
+        if counted:
+            with _lock:
+                svc.body_readers -= 1
+
+
+def _stop_reading() -> None:
+    """Shut the read side: gunicorn would otherwise read the rest of this body before closing."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None:
+        try:
+            os_socket(sock).shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
