@@ -92,6 +92,15 @@ def test_slow_publish_bodies_get_408_and_never_take_the_slots_health_checks_need
                     continue
                 except OSError:
                     break
+                s.settimeout(2.0)
+                while data:  # the rest of the answer (gunicorn sends headers and body apart)
+                    try:
+                        more = s.recv(4096)
+                    except OSError:
+                        break
+                    if not more:
+                        break
+                    data += more
                 answers.append(data)
                 break
 
