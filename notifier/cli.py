@@ -15,10 +15,11 @@ from typing import Any
 import click
 from flask import Blueprint, current_app
 
-from .client import ClientError, publish, subscribe
+from .client import ClientError, publish, publish_many, subscribe
 from .config import local_url
 from .errors import BrokerUnavailable, NotifierError
 from .tokens import DEFAULT_TTL, issue_token
+from .validation import MAX_BATCH
 
 
 def _state() -> Any:
@@ -45,6 +46,45 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
     return data
 
 
+class _Sender:
+    """Publishes for ``send``: in-process into Redis when the app has a Redis broker and no
+    --url was given (every server following it gets it), else over HTTP."""
+
+    def __init__(self, service: Any, url: str | None, key: str | None, timeout: float) -> None:
+        self.service, self.timeout = service, timeout
+        self.url = url
+        self.target = url or _mounted_url()
+        self.key = key or next(iter(service.settings.api_keys), None)
+
+    def send(self, payload: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Publish one notification or a batch; print the ids, one a line."""
+        if self.url is None and self.service.settings.redis_url:
+            try:
+                ids = self.service.publish(payload, start=False).ids
+            except BrokerUnavailable as exc:
+                raise click.ClickException(f"not sent: {exc.message}") from None
+            except NotifierError as exc:
+                where = f"item {exc.index + 1} of the batch: " if exc.index is not None else ""
+                raise click.UsageError(where + exc.message) from None
+        else:
+            try:
+                ids = publish_many(payload, url=self.target, key=self.key, timeout=self.timeout) \
+                    if isinstance(payload, list) else [self._publish_one(payload)]
+            except ValueError as exc:  # a malformed --url
+                raise click.BadParameter(str(exc), param_hint="--url") from None
+            except ClientError as exc:
+                if exc.status is not None and 400 <= exc.status < 500:
+                    raise click.UsageError(f"{self.target} refused it ({exc.status}): {exc.error}") from None
+                raise click.ClickException(f"not sent: {exc}") from None
+        for notification_id in ids:
+            click.echo(notification_id)
+
+    def _publish_one(self, fields: dict[str, Any]) -> str:
+        return publish(fields.get("title"), fields.get("message"), user=fields.get("user_id"),
+                       topic=fields.get("topic"), type=fields.get("type"), data=fields.get("data"),
+                       url=self.target, key=self.key, timeout=self.timeout)
+
+
 def register(bp: Blueprint) -> None:
     """Add the ``token``, ``send`` and ``listen`` commands to the blueprint's CLI group."""
 
@@ -60,44 +100,49 @@ def register(bp: Blueprint) -> None:
             raise click.UsageError(str(exc)) from None
 
     @bp.cli.command("send")
-    @click.argument("title")
+    @click.argument("title", required=False)
     @click.argument("message", required=False)
     @click.option("--user", help="send to this user's connections")
     @click.option("--topic", help="send to the connections subscribed to this topic")
     @click.option("--type", "type_", metavar="TYPE", help="notification type (default: notification)")
     @click.option("--data", callback=_json_object, metavar="JSON", help="a JSON object carried as data")
+    @click.option("--jsonl", type=click.File("r"), metavar="FILE|-",
+                  help="publish one notification per line (JSON objects with the API's fields), in batches")
     @click.option("--url", help="publish over HTTP to this server (default: through REDIS_URL, or this host's server)")
     @click.option("--key", help="publisher key for --url (default: the first of NOTIFIER_API_KEYS)")
     @click.option("--timeout", type=float, default=10.0, show_default=True, help="seconds to wait for the server")
-    def send_command(title: str, message: str | None, user: str | None, topic: str | None, type_: str | None,
-                     data: dict[str, Any] | None, url: str | None, key: str | None, timeout: float) -> None:
-        """Publish a notification with TITLE (and MESSAGE); prints its id.
+    def send_command(title: str | None, message: str | None, user: str | None, topic: str | None,
+                     type_: str | None, data: dict[str, Any] | None, jsonl: Any, url: str | None, key: str | None,
+                     timeout: float) -> None:
+        """Publish a notification with TITLE (and MESSAGE), or every line of --jsonl; prints the ids.
 
         Without --user or --topic it goes to every connection.
         """
         if user is not None and topic is not None:
             raise click.UsageError("give --user or --topic, not both")
-        st = _state()
-        if url is None and st.settings.redis_url:
-            payload = {"title": title, "message": message, "user_id": user, "topic": topic, "type": type_, "data": data}
+        if (title is None) == (jsonl is None):
+            raise click.UsageError("give a TITLE, or --jsonl FILE (- for standard input)")
+        sender = _Sender(_state(), url, key, timeout)
+        if jsonl is None:
+            fields = {"title": title, "message": message, "user_id": user, "topic": topic, "type": type_, "data": data}
+            sender.send({k: v for k, v in fields.items() if v is not None})
+            return
+        batch: list[dict[str, Any]] = []
+        for number, line in enumerate(jsonl, 1):
+            if not line.strip():
+                continue
             try:
-                notification_id = st.publish({k: v for k, v in payload.items() if v is not None}, start=False).id
-            except BrokerUnavailable as exc:
-                raise click.ClickException(f"not sent: {exc.message}") from None
-            except NotifierError as exc:
-                raise click.UsageError(exc.message) from None
-        else:
-            target = url or _mounted_url()
-            try:
-                notification_id = publish(title, message, user=user, topic=topic, type=type_, data=data, url=target,
-                                          key=key or next(iter(st.settings.api_keys), None), timeout=timeout)
-            except ValueError as exc:  # a malformed --url
-                raise click.BadParameter(str(exc), param_hint="--url") from None
-            except ClientError as exc:
-                if exc.status is not None and 400 <= exc.status < 500:
-                    raise click.UsageError(f"{target} refused it ({exc.status}): {exc.error}") from None
-                raise click.ClickException(f"not sent: {exc}") from None
-        click.echo(notification_id)
+                item = json.loads(line)
+            except ValueError as exc:
+                raise click.UsageError(f"line {number}: not valid JSON: {exc}") from None
+            if not isinstance(item, dict):
+                raise click.UsageError(f"line {number}: must be a JSON object")
+            batch.append(item)
+            if len(batch) == MAX_BATCH:
+                sender.send(batch)
+                batch = []
+        if batch:
+            sender.send(batch)
 
     @bp.cli.command("listen")
     @click.option("--topic", "topics", multiple=True, help="topic to subscribe to (repeatable)")

@@ -89,23 +89,39 @@ def publish(title: str | None, message: str | None = None, *, user: str | int | 
     """``POST /notify`` one notification; returns its id once the server has it in history.
 
     ``user`` targets one user's connections, ``topic`` a topic's, neither everyone. Every
-    attempt carries the same ``Idempotency-Key`` (a fresh one unless given), so a 503 or a
-    dropped connection is retried (up to ``retries`` times, after the server's
-    ``Retry-After``) and the notification is still published once. Raises ``ClientError``
+    attempt carries the same ``Idempotency-Key`` (a fresh one unless given), so a 503, a
+    429 (over the publish rate) or a dropped connection is retried (up to ``retries``
+    times, after the server's ``Retry-After``) and the notification is still published once. Raises ``ClientError``
     with the server's status and ``error`` on any other 4xx/5xx or once the retries are
     spent, with status None if the server could not be reached.
     """
     fields = {"title": title, "message": message, "user_id": user, "topic": topic, "type": type, "data": data}
-    body = json.dumps({k: v for k, v in fields.items() if v is not None}).encode()
+    body = {k: v for k, v in fields.items() if v is not None}
+    return _post_notify(url, body, key, timeout, idempotency_key, retries)["id"]
+
+
+def publish_many(notifications: list[dict[str, Any]], *, url: str = DEFAULT_URL, key: str | None = None,
+                 timeout: float = 30.0, idempotency_key: str | None = None,
+                 retries: int = PUBLISH_RETRIES) -> list[str]:
+    """``POST /notify`` a batch (1 to 1000 dicts with the fields of the API: ``title``,
+    ``message``, ``user_id``, ``topic``, ``type``, ``data``): all are stored or none.
+    Returns their ids in order; retried like ``publish`` under one ``Idempotency-Key``.
+    A bad item raises ``ClientError`` (400) and nothing is published."""
+    return _post_notify(url, list(notifications), key, timeout, idempotency_key, retries)["ids"]
+
+
+def _post_notify(url: str, payload: Any, key: str | None, timeout: float, idempotency_key: str | None,
+                 retries: int) -> dict[str, Any]:
+    body = json.dumps(payload).encode()
     headers = {"Content-Type": "application/json", "Accept": "application/json",
                "Idempotency-Key": idempotency_key or uuid.uuid4().hex}
     if key:
         headers["Authorization"] = f"Bearer {key}"
     for attempt in range(retries + 1):
         try:
-            return _post_notify(url, body, headers, timeout)
+            return _post_once(url, body, headers, timeout)
         except ClientError as exc:
-            if attempt == retries or exc.status not in (None, 503):
+            if attempt == retries or exc.status not in (None, 429, 503):
                 raise
             delay = exc.retry_after if exc.retry_after is not None else PUBLISH_BACKOFF * 2 ** attempt
             log.info("publish to %s: %s; retrying in %.1fs with the same Idempotency-Key", url, exc, delay)
@@ -113,14 +129,14 @@ def publish(title: str | None, message: str | None = None, *, user: str | int | 
     raise AssertionError("unreachable")
 
 
-def _post_notify(url: str, body: bytes, headers: dict[str, str], timeout: float) -> str:
+def _post_once(url: str, body: bytes, headers: dict[str, str], timeout: float) -> dict[str, Any]:
     conn, prefix = _connection(url, timeout)
     try:
         conn.request("POST", prefix + "/notify", body=body, headers=headers)
         response = conn.getresponse()
         if response.status != 202:
             raise _error_of(response)
-        return json.loads(response.read(65536))["id"]
+        return json.loads(response.read())
     except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
         raise ClientError(None, f"publish to {url} failed: {exc!r}") from exc
     finally:

@@ -127,6 +127,7 @@ class Settings:
     redis_pool: int = 50
     idempotency_ttl: int = 86400
     body_timeout: float = 10.0
+    max_batch_bytes: int = 1048576
     redis_url_key: str | None = None
 
     @property
@@ -175,6 +176,7 @@ class Settings:
             redis_pool=_number(config, "NOTIFIER_REDIS_POOL", 50),
             idempotency_ttl=_number(config, "NOTIFIER_IDEMPOTENCY_TTL", 86400),
             body_timeout=_number(config, "NOTIFIER_BODY_TIMEOUT", 10.0, float, minimum=0.1),
+            max_batch_bytes=_number(config, "NOTIFIER_MAX_BATCH_BYTES", 1048576),
             demo=_flag(config, "NOTIFIER_DEMO", standalone),
             metrics_route=_flag(config, "NOTIFIER_METRICS", True),
             openapi_route=_flag(config, "NOTIFIER_OPENAPI", True),

@@ -6,10 +6,17 @@ class NotifierError(Exception):
     """Root of every error notifier raises on purpose."""
 
     status = 500
+    index: int | None = None
+    """For an item of a batch publish: which one (the JSON error carries it)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def at(self, index: int) -> "NotifierError":
+        """This error, said of item ``index`` of a batch."""
+        self.index = index
+        return self
 
 
 class ConfigError(NotifierError):

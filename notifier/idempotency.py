@@ -26,8 +26,14 @@ class Idempotency(NamedTuple):
 
 
 class Published(NamedTuple):
-    id: str
+    """The ids of what was published, in order (one, or a batch's); ``replayed``: a repeat."""
+
+    ids: list[str]
     replayed: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.ids[0]
 
 
 def check_key(value: Any) -> str:
@@ -37,11 +43,12 @@ def check_key(value: Any) -> str:
     return value
 
 
-def idempotency(key: str | None, publisher: str | None, fields: dict[str, Any], ttl: int) -> Idempotency | None:
-    """The broker's record for ``key`` from ``publisher`` publishing ``fields`` (their ``ts`` aside)."""
+def idempotency(key: str | None, publisher: str | None, items: list[dict[str, Any]],
+                ttl: int) -> Idempotency | None:
+    """The broker's record for ``key`` from ``publisher`` publishing ``items`` (their ``ts`` aside)."""
     if key is None:
         return None
     scope = hashlib.sha256(f"{publisher or 'app'}\n{check_key(key)}".encode()).hexdigest()[:32]
-    body = {k: v for k, v in fields.items() if k != "ts"}
+    body = [{k: v for k, v in fields.items() if k != "ts"} for fields in items]
     fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return Idempotency(scope, fingerprint, ttl)

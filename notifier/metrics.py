@@ -120,8 +120,8 @@ def written(batch: Sequence[Any]) -> None:
         LATENCY.observe(max(0.0, now - int(notification.id[:13]) / 1000))
 
 
-def published() -> None:
-    PUBLISHED.inc()
+def published(count: int = 1) -> None:
+    PUBLISHED.inc(count)
 
 
 def resumed(replayed: int, reset: bool) -> None:

@@ -48,23 +48,29 @@ def spec(base_path: str = "") -> dict[str, Any]:
         "servers": [{"url": base_path or "/"}],
         "paths": {
             "/notify": {"post": {
-                "summary": "Publish a notification",
+                "summary": "Publish a notification, or a batch of 1 to 1000 (all stored or none)",
                 "security": [{"publisherKey": []}, {}],
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                                 "schema": {"type": "string", "pattern": "^[ -~]{1,255}$"},
                                 "description": "a repeat from the same publisher answers the same id and "
                                                "publishes nothing again (NOTIFIER_IDEMPOTENCY_TTL)"}],
                 "requestBody": {"required": True,
-                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Publish"}}}},
+                                "content": {"application/json": {"schema": {"oneOf": [
+                                    {"$ref": "#/components/schemas/Publish"},
+                                    {"type": "array", "minItems": 1, "maxItems": 1000,
+                                     "items": {"$ref": "#/components/schemas/Publish"}}]}}}},
                 "responses": {
-                    "202": {"description": "accepted: it is in history",
-                            "content": {"application/json": {"schema": {
-                                "type": "object", "required": ["id"], "properties": {"id": ID}}}}},
-                    "400": _error("bad JSON, fields or Idempotency-Key"),
+                    "202": {"description": "accepted: it is in history ({\"ids\": [...]} in order for a batch)",
+                            "content": {"application/json": {"schema": {"oneOf": [
+                                {"type": "object", "required": ["id"], "properties": {"id": ID}},
+                                {"type": "object", "required": ["ids"],
+                                 "properties": {"ids": {"type": "array", "items": ID}}}]}}}},
+                    "400": _error("bad JSON, fields or Idempotency-Key (for a batch, with the index of the first "
+                                  "bad item)"),
                     "401": _error("publisher key missing"),
                     "403": _error("wrong key, or not a local peer while NOTIFIER_API_KEYS is unset"),
                     "408": _error("body not received within NOTIFIER_BODY_TIMEOUT"),
-                    "413": _error("body larger than NOTIFIER_MAX_MESSAGE_BYTES"),
+                    "413": _error("body larger than NOTIFIER_MAX_MESSAGE_BYTES (a batch: NOTIFIER_MAX_BATCH_BYTES)"),
                     "415": _error("not application/json"),
                     "422": _error("Idempotency-Key already used for another body"),
                     "429": _error("publish rate over NOTIFIER_PUBLISH_RATE (see Retry-After)"),

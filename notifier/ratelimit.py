@@ -29,19 +29,23 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._windows: dict[str, tuple[int, int]] = {}
 
-    def count(self, who: str, second: int) -> int:
+    def count(self, who: str, second: int, n: int = 1) -> int:
+        """Add ``n`` to ``who``'s count this second; the count before them."""
         with self._lock:
-            window, n = self._windows.get(who, (second, 0))
-            n = n + 1 if window == second else 1
+            window, before = self._windows.get(who, (second, 0))
+            if window != second:
+                before = 0
+            n = before + n
             if len(self._windows) > 10000:  # forget old windows rather than grow forever
                 self._windows = {k: v for k, v in self._windows.items() if v[0] == second}
             self._windows[who] = (second, n)
-            return n
+            return before
 
-    def check(self, who: str) -> None:
-        """Raise TooManyRequests (with Retry-After) if ``who`` is over its rate this second."""
+    def check(self, who: str, n: int = 1) -> None:
+        """Count ``n`` publishes; raise TooManyRequests (with Retry-After) if ``who`` had
+        already reached its rate this second (so a batch of any size fits a fresh second)."""
         now = time.time()
-        if self.count(who, int(now)) > self.rate:
+        if self.count(who, int(now), n) >= self.rate:
             raise too_many(self.rate, now)
 
 

@@ -14,11 +14,12 @@ from .core.closing import RESTART
 from .core.hub import Hub
 from .core.notification import BROADCAST, Notification, encode_fields, format_id, now_iso, parse_id, target_key
 from .core.subscriber import Subscriber
-from .errors import InvalidNotification, TooManyRequests, WorkerFull
+from .brokers.base import Entry
+from .errors import InvalidNotification, PayloadTooLarge, TooManyRequests, WorkerFull
 from .idempotency import Published, idempotency
 from .runtime import Runtime, detect
 from .transports.socket_writer import SocketWriter
-from .validation import validate_publish
+from .validation import validate_batch, validate_publish
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +62,38 @@ class Service:
 
     def publish(self, payload: Any, publisher: str | None = None, *, start: bool = True,
                 idempotency_key: str | None = None) -> Published:
-        """Validate and publish one notification; returns its id once it is in history.
+        """Validate and publish one notification (an object) or a batch (a list of 1 to
+        MAX_BATCH of them, all stored or none); returns the ids once they are in history.
 
-        A ``publisher`` is held to the publish rate (TooManyRequests when over it). With an
+        The first invalid item of a batch raises its error with its ``index``. A
+        ``publisher`` is held to the publish rate (TooManyRequests when over it). With an
         ``idempotency_key`` seen before from the same publisher, nothing is published again
-        and the first id comes back (``replayed``). ``start=False`` publishes without
+        and the first ids come back (``replayed``). ``start=False`` publishes without
         following the broker (a CLI process has no subscribers of its own).
         """
-        fields = validate_publish(payload)
-        once = idempotency(idempotency_key, publisher, fields, self.settings.idempotency_ttl)
+        items = validate_batch(payload) if isinstance(payload, list) else [validate_publish(payload)]
+        entries = [self._entry(fields, i if isinstance(payload, list) else None) for i, fields in enumerate(items)]
+        once = idempotency(idempotency_key, publisher, items, self.settings.idempotency_ttl)
         if start:
             self.start()
-        published = self.broker.publish(target_key(fields), fields["type"], encode_fields(fields), publisher, once)
+        published = self.broker.publish(entries, publisher, once)
         if not published.replayed:
-            metrics.published()
+            metrics.published(len(items))
             for listener in list(self.listeners):
-                listener(fields, published.id)
+                for fields, notification_id in zip(items, published.ids):
+                    listener(fields, notification_id)
         return published
+
+    def _entry(self, fields: dict[str, Any], index: int | None) -> Entry:
+        """What the broker stores for one notification; each keeps NOTIFIER_MAX_MESSAGE_BYTES."""
+        try:
+            encoded = encode_fields(fields)
+        except InvalidNotification as exc:
+            raise (exc.at(index) if index is not None else exc) from None
+        limit = self.settings.max_message_bytes
+        if index is not None and len(encoded) > limit:
+            raise PayloadTooLarge(f"notification larger than {limit} bytes (NOTIFIER_MAX_MESSAGE_BYTES)").at(index)
+        return target_key(fields), fields["type"], encoded
 
     def check_room(self, user_id: str | None) -> None:
         """Refuse a new subscriber this worker has no room for (503) or a user with too many (429)."""

@@ -47,6 +47,22 @@ def _string(payload: dict[str, Any], key: str, max_len: int | None, min_len: int
     return value
 
 
+MAX_BATCH = 1000
+
+
+def validate_batch(payload: list[Any]) -> list[dict[str, Any]]:
+    """Check every item of a batch publish; the first bad one raises with its ``index``."""
+    if not 1 <= len(payload) <= MAX_BATCH:
+        raise InvalidNotification(f"a batch holds 1 to {MAX_BATCH} notifications, got {len(payload)}")
+    items = []
+    for index, item in enumerate(payload):
+        try:
+            items.append(validate_publish(item))
+        except InvalidNotification as exc:
+            raise exc.at(index) from None
+    return items
+
+
 def validate_publish(payload: Any) -> dict[str, Any]:
     """Check a publish body; return the notification's fields (all but the id), in wire order."""
     if not isinstance(payload, dict):

@@ -28,13 +28,13 @@ def test_redis_stream_ids_map_to_ordered_notification_ids():
 
 def test_memory_broker_ids_increase_even_within_one_millisecond():
     broker = MemoryBroker(Settings.load({}))
-    ids = [broker.publish("@all", "t", b'{"title":"x"}').id for _ in range(2000)]
+    ids = [broker.publish([("@all", "t", b'{"title":"x"}')]).id for _ in range(2000)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
 
 
 def test_memory_broker_history_is_bounded():
     broker = MemoryBroker(Settings.load({"NOTIFIER_HISTORY_SIZE": 5}))
-    ids = [broker.publish("@all", "t", b'{"title":"x"}').id for _ in range(8)]
+    ids = [broker.publish([("@all", "t", b'{"title":"x"}')]).id for _ in range(8)]
     assert [n.id for n in broker.ring] == ids[-5:]
 
 

@@ -33,7 +33,7 @@ def test_a_follower_stopped_and_started_again_on_threads_delivers_once(redis_ser
     broker.stop()  # its thread is still blocked in XREAD: it must deliver nothing more
     broker.start(got.append)
     time.sleep(0.2)
-    broker.publish("@all", "notification", encode_fields({"title": "once"}))
+    broker.publish([("@all", "notification", encode_fields({"title": "once"}))])
     deadline = time.monotonic() + 3  # past the old thread's XREAD block, so it had its chance
     while time.monotonic() < deadline:
         time.sleep(0.1)

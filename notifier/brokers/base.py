@@ -7,7 +7,7 @@ so the embedded default never needs the ``redis`` package to be reachable.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..config import Settings
 from ..core.notification import Notification
@@ -15,6 +15,8 @@ from ..idempotency import Idempotency, Published
 from ..runtime import Runtime
 
 Deliver = Callable[[Notification], None]
+Entry = tuple[str, str, bytes]
+"""One notification to store: (hub key, type, the JSON of its fields)."""
 OnGap = Callable[[], None]
 
 
@@ -22,13 +24,15 @@ class Broker(ABC):
     """Accepts publishes (into history) and delivers every notification to this worker's hub."""
 
     @abstractmethod
-    def publish(self, target: str, type: str, fields_json: bytes, publisher: str | None = None,
+    def publish(self, entries: Sequence[Entry], publisher: str | None = None,
                 idempotency: Idempotency | None = None) -> Published:
-        """Store one notification in history and send it to every worker; return its id.
+        """Store notifications in history, all or none, and send them to every worker; return
+        their ids in order. An entry is (hub key, type, the fields' JSON).
 
-        Raises ``BrokerUnavailable`` if it was not stored: the caller must not answer 202.
-        A ``publisher`` (see ``ratelimit.publisher_id``) is held to NOTIFIER_PUBLISH_RATE:
-        over it, nothing is stored and ``TooManyRequests`` is raised. With ``idempotency``,
+        Raises ``BrokerUnavailable`` if they were not stored: the caller must not answer 202.
+        A ``publisher`` (see ``ratelimit.publisher_id``) is held to NOTIFIER_PUBLISH_RATE, each
+        notification counted (a publisher under it may send a whole batch at once): over it,
+        nothing is stored and ``TooManyRequests`` is raised. With ``idempotency``,
         a key seen before returns the first id (``replayed``) and stores nothing, or raises
         ``IdempotencyConflict`` when it came with another body — checked in the same step
         that stores the notification.

@@ -4,13 +4,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import Sequence
 
 from ..config import Settings
 from ..core.notification import Notification, format_id, now_ms
 from ..errors import IdempotencyConflict
 from ..idempotency import CONFLICT, Idempotency, Published
 from ..ratelimit import RateLimiter
-from .base import Broker, Deliver, OnGap
+from .base import Broker, Deliver, Entry, OnGap
 
 
 MAX_KEYS = 100_000
@@ -27,7 +28,7 @@ class MemoryBroker(Broker):
         self._deliver: Deliver | None = None
         self._last = (0, 0)
         self._limiter = RateLimiter(settings.publish_rate)
-        self._keys: dict[str, tuple[str, str, float]] = {}  # idempotency: name -> (id, fingerprint, until)
+        self._keys: dict[str, tuple[list[str], str, float]] = {}  # idempotency: name -> (ids, fingerprint, until)
 
     def _next_id(self) -> str:
         ms, seq = now_ms(), 0
@@ -37,7 +38,7 @@ class MemoryBroker(Broker):
         self._last = (ms, seq)
         return format_id(ms, seq)
 
-    def publish(self, target: str, type: str, fields_json: bytes, publisher: str | None = None,
+    def publish(self, entries: Sequence[Entry], publisher: str | None = None,
                 idempotency: Idempotency | None = None) -> Published:
         with self._lock:
             if idempotency is not None:
@@ -47,24 +48,26 @@ class MemoryBroker(Broker):
                         raise IdempotencyConflict(CONFLICT)
                     return Published(seen[0], replayed=True)
             if publisher is not None:
-                self._limiter.check(publisher)
-            notification = Notification(self._next_id(), target, type, fields_json)
+                self._limiter.check(publisher, len(entries))
+            notifications = [Notification(self._next_id(), *entry) for entry in entries]
+            ids = [n.id for n in notifications]
             if idempotency is not None:
-                self._remember(idempotency, notification.id)
-            self.ring.append(notification)
+                self._remember(idempotency, ids)
+            self.ring.extend(notifications)
             deliver = self._deliver
             # Dispatch under the lock so hub order is id order across publishers.
             if deliver is not None:
-                deliver(notification)
-        return Published(notification.id)
+                for notification in notifications:
+                    deliver(notification)
+        return Published(ids)
 
-    def _remember(self, idempotency: Idempotency, notification_id: str) -> None:
+    def _remember(self, idempotency: Idempotency, ids: list[str]) -> None:
         now = time.monotonic()
         if len(self._keys) >= MAX_KEYS:  # forget the expired, then the oldest: memory stays bounded
             self._keys = {k: v for k, v in self._keys.items() if v[2] > now}
             while len(self._keys) >= MAX_KEYS:
                 del self._keys[next(iter(self._keys))]
-        self._keys[idempotency.name] = (notification_id, idempotency.fingerprint, now + idempotency.ttl)
+        self._keys[idempotency.name] = (ids, idempotency.fingerprint, now + idempotency.ttl)
 
     def history(self, after: str | None = None) -> list[Notification] | None:
         cutoff = format_id(now_ms() - self.ttl_ms, 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import redis
 from redis.backoff import NoBackoff
@@ -25,7 +25,7 @@ from ..idempotency import CONFLICT as CONFLICT_MESSAGE
 from ..idempotency import Idempotency, Published
 from ..ratelimit import too_many
 from ..runtime import Runtime, Task
-from .base import Broker, Deliver, OnGap
+from .base import Broker, Deliver, Entry, OnGap
 from .redis_script import CONFLICT, OVER_RATE, REPLAYED, NotSent, run_publish_script
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class RedisBroker(Broker):
         self.connected = False
         self.reconnects = 0
 
-    def publish(self, target: str, type: str, fields_json: bytes, publisher: str | None = None,
+    def publish(self, entries: Sequence[Entry], publisher: str | None = None,
                 idempotency: Idempotency | None = None) -> Published:
         """XADD exactly once, or raise BrokerUnavailable when it was certainly not stored.
 
@@ -120,8 +120,10 @@ class RedisBroker(Broker):
         rate_key = f"{self.prefix}:rate:{publisher}:{int(now)}" if publisher is not None else ""
         idem_key = f"{self.prefix}:idem:{idempotency.name}" if idempotency is not None else ""
         keys = (self.stream, f"{self.prefix}:published:{secrets.token_hex(12)}", rate_key, idem_key)
-        args = (self.history_size, target, type, fields_json, TOKEN_TTL, self.publish_rate,
-                idempotency.fingerprint if idempotency else "", idempotency.ttl if idempotency else 0)
+        args = [self.history_size, TOKEN_TTL, self.publish_rate,
+                idempotency.fingerprint if idempotency else "", idempotency.ttl if idempotency else 0]
+        for entry in entries:
+            args.extend(entry)
         deadline = time.monotonic() + UNKNOWN_OUTCOME_WINDOW
         delay, sent = 0.05, False
         while True:
@@ -131,7 +133,8 @@ class RedisBroker(Broker):
                     raise too_many(self.publish_rate, now)
                 if answer[0] == CONFLICT:
                     raise IdempotencyConflict(CONFLICT_MESSAGE)
-                return Published(to_notification_id(answer[1]), replayed=answer[0] == REPLAYED)
+                ids = [to_notification_id(i) for i in answer[1].split(b",")]
+                return Published(ids, replayed=answer[0] == REPLAYED)
             except NotSent as exc:
                 if not sent:
                     raise _unavailable(exc.__cause__ or exc) from exc

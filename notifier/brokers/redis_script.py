@@ -8,34 +8,41 @@ from typing import Any
 
 import redis
 
-# The answer is {STORED, id}, {REPLAYED, id}, {CONFLICT} or {OVER_RATE}.
-# KEYS[4], if not "", is the publisher's Idempotency-Key: seen before with the same body
-# fingerprint (ARGV[7]) it answers the first id and adds nothing; with another body,
-# CONFLICT. KEYS[2] is this publish's own token: a retry after a lost reply gets the first
-# id instead of a second entry. KEYS[3], if not "", counts the publisher's publishes this
-# second: over ARGV[6], nothing is added.
+# Adds ARGV[6..] (triples: hub key, type, fields JSON) to the stream, all in one go (a
+# script runs whole), and answers {STORED, "id1,id2,..."}, {REPLAYED, ids}, {CONFLICT}
+# or {OVER_RATE}. KEYS[4], if not "", is the publisher's Idempotency-Key: seen before
+# with the same fingerprint (ARGV[4]) it answers the first ids and adds nothing; with
+# another, CONFLICT. KEYS[2] is this publish's own token: a retry after a lost reply gets
+# the first ids instead of a second copy. KEYS[3], if not "", counts the publisher's
+# notifications this second: once it had reached ARGV[3] before these, nothing is added.
 PUBLISH_ONCE = """
+local n = (#ARGV - 5) / 3
 if KEYS[4] ~= '' then
-  local seen = redis.call('HMGET', KEYS[4], 'id', 'f')
+  local seen = redis.call('HMGET', KEYS[4], 'ids', 'f')
   if seen[1] then
-    if seen[2] == ARGV[7] then return {1, seen[1]} end
+    if seen[2] == ARGV[4] then return {1, seen[1]} end
     return {2}
   end
 end
-local id = redis.call('GET', KEYS[2])
-if id then return {0, id} end
+local ids = redis.call('GET', KEYS[2])
+if ids then return {0, ids} end
 if KEYS[3] ~= '' then
-  local n = redis.call('INCR', KEYS[3])
-  if n == 1 then redis.call('EXPIRE', KEYS[3], 2) end
-  if n > tonumber(ARGV[6]) then return {3} end
+  local count = redis.call('INCRBY', KEYS[3], n)
+  if count == n then redis.call('EXPIRE', KEYS[3], 2) end
+  if count - n >= tonumber(ARGV[3]) then return {3} end
 end
-id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', ARGV[2], 'y', ARGV[3], 'n', ARGV[4])
-redis.call('SET', KEYS[2], id, 'EX', ARGV[5])
+local out = {}
+for i = 0, n - 1 do
+  local b = 6 + i * 3
+  out[i + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', ARGV[b], 'y', ARGV[b + 1], 'n', ARGV[b + 2])
+end
+ids = table.concat(out, ',')
+redis.call('SET', KEYS[2], ids, 'EX', ARGV[2])
 if KEYS[4] ~= '' then
-  redis.call('HSET', KEYS[4], 'id', id, 'f', ARGV[7])
-  redis.call('EXPIRE', KEYS[4], ARGV[8])
+  redis.call('HSET', KEYS[4], 'ids', ids, 'f', ARGV[4])
+  redis.call('EXPIRE', KEYS[4], ARGV[5])
 end
-return {0, id}
+return {0, ids}
 """
 STORED, REPLAYED, CONFLICT, OVER_RATE = 0, 1, 2, 3
 PUBLISH_ONCE_SHA = hashlib.sha1(PUBLISH_ONCE.encode()).hexdigest()
@@ -45,7 +52,7 @@ class NotSent(Exception):
     """No connection to Redis could be had: the command was certainly not applied."""
 
 
-def run_publish_script(client: redis.Redis, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+def run_publish_script(client: redis.Redis, keys: tuple[str, ...], args: list[Any]) -> Any:
     """Run the publish script (by its SHA; the text only when Redis does not have it yet)."""
     pool = client.connection_pool
     try:

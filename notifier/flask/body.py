@@ -28,21 +28,38 @@ AT_ONCE = 0.25
 
 
 def read_json_body(svc: Service) -> Any:
-    """The request's JSON body, or the NotifierError that says what is wrong with it."""
+    """The request's JSON body, or the NotifierError that says what is wrong with it.
+
+    One notification (an object) may be NOTIFIER_MAX_MESSAGE_BYTES, a batch (an array)
+    NOTIFIER_MAX_BATCH_BYTES.
+    """
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType("Content-Type must be application/json")
-    max_bytes = svc.settings.max_message_bytes
-    too_large = PayloadTooLarge(f"body larger than {max_bytes} bytes (NOTIFIER_MAX_MESSAGE_BYTES)")
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise too_large
-    body = _read(svc, max_bytes + 1)
-    if len(body) > max_bytes:
-        raise too_large
+    single, batch = svc.settings.max_message_bytes, svc.settings.max_batch_bytes
+    most = max(single, batch)
+    if request.content_length is not None and request.content_length > most:
+        raise _too_large(svc, request.content_length)
+    body = _read(svc, most + 1)
+    if len(body) > most:
+        raise _too_large(svc, len(body))
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        payload = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise InvalidNotification(f"body is not valid JSON: {exc}") from None
+    if len(body) > (batch if isinstance(payload, list) else single):
+        raise _too_large(svc, len(body), isinstance(payload, list))
+    return payload
+
+
+def _too_large(svc: Service, size: int, batch: bool | None = None) -> PayloadTooLarge:
+    single, most = svc.settings.max_message_bytes, svc.settings.max_batch_bytes
+    if batch is None:  # over both limits, before it is parsed
+        return PayloadTooLarge(f"body larger than {max(single, most)} bytes (NOTIFIER_MAX_MESSAGE_BYTES for one "
+                               "notification, NOTIFIER_MAX_BATCH_BYTES for a batch)")
+    if batch:
+        return PayloadTooLarge(f"batch body larger than {most} bytes (NOTIFIER_MAX_BATCH_BYTES)")
+    return PayloadTooLarge(f"body larger than {single} bytes (NOTIFIER_MAX_MESSAGE_BYTES)")
 
 
 def _read(svc: Service, limit: int) -> bytes:

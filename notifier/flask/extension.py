@@ -76,6 +76,14 @@ class Notifier:
         return self.service().publish({k: v for k, v in payload.items() if v is not None},
                                       idempotency_key=idempotency_key).id
 
+    def publish_many(self, notifications: list[dict[str, Any]], *, idempotency_key: str | None = None) -> list[str]:
+        """Publish a batch (dicts with the fields of ``POST /notify``), all or none; their ids.
+
+        Raises ``InvalidNotification`` (with ``index``, the first bad item) and nothing is
+        published, or ``BrokerUnavailable`` (nothing was published).
+        """
+        return self.service().publish(list(notifications), idempotency_key=idempotency_key).ids
+
     def issue_token(self, user_id: str | int, topics: tuple[str, ...] | list[str] = (), ttl: int = DEFAULT_TTL) -> str:
         """A subscriber token for ``user_id`` granting private ``topics``, signed with NOTIFIER_SECRET."""
         return issue_token(self.service().settings.secret, user_id, topics, ttl)

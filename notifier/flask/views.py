@@ -87,7 +87,7 @@ def notify() -> tuple[Response, int]:
     payload = read_json_body(svc)
     published = svc.publish(payload, publisher_id(key, socket_peer(request.environ)),
                             idempotency_key=request.headers.get("Idempotency-Key"))
-    response = jsonify(id=published.id)
+    response = jsonify(ids=published.ids) if isinstance(payload, list) else jsonify(id=published.id)
     if published.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response, 202
