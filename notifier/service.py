@@ -48,7 +48,7 @@ class Service:
         """Connect the broker to this worker's hub (idempotent; cheap to call per request)."""
         if not self.started:
             self.started = True
-            self.broker.start(self.hub.dispatch, self._gap)
+            self.broker.start(self.hub.dispatch, self._gap, self.hub.wants)
             metrics.watch(self.hub, self.broker)
             log.info("notifier started: %s broker, %s runtime", type(self.broker).__name__, self.runtime.name)
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from notifier.brokers.memory import MemoryBroker
-from notifier.brokers.redis import to_notification_id
+from notifier.brokers.redis_stream import to_notification_id
 from notifier.config import Settings
 from notifier.core.notification import Notification, encode_fields, format_id, parse_id
 

@@ -18,6 +18,7 @@ Deliver = Callable[[Notification], None]
 Entry = tuple[str, str, bytes]
 """One notification to store: (hub key, type, the JSON of its fields)."""
 OnGap = Callable[[], None]
+Wants = Callable[[str], bool]
 
 
 class Broker(ABC):
@@ -39,8 +40,11 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    def start(self, deliver: Deliver, on_gap: OnGap | None = None) -> None:
+    def start(self, deliver: Deliver, on_gap: OnGap | None = None, wants: Wants | None = None) -> None:
         """Begin handing every notification published from now on to ``deliver`` (idempotent).
+
+        ``wants(hub key)`` says whether anyone here listens to that key: a broker that
+        reads what other processes published may skip the rest without decoding it.
 
         ``on_gap`` is called if the broker finds it can no longer deliver everything
         after the last notification it delivered (its history moved past that point).

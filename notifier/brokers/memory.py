@@ -11,7 +11,7 @@ from ..core.notification import Notification, format_id, now_ms
 from ..errors import IdempotencyConflict
 from ..idempotency import CONFLICT, Idempotency, Published
 from ..ratelimit import RateLimiter
-from .base import Broker, Deliver, Entry, OnGap
+from .base import Broker, Deliver, Entry, OnGap, Wants
 
 
 MAX_KEYS = 100_000
@@ -90,7 +90,7 @@ class MemoryBroker(Broker):
         with self._lock:
             return self.ring[-1].id if self.ring else None
 
-    def start(self, deliver: Deliver, on_gap: OnGap | None = None) -> None:
+    def start(self, deliver: Deliver, on_gap: OnGap | None = None, wants: Wants | None = None) -> None:
         self._deliver = deliver
 
     def stop(self) -> None:

@@ -19,13 +19,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..config import Settings
-from ..core.notification import Notification, format_id, now_ms, parse_id
+from ..core.notification import Notification, now_ms, parse_id
 from ..errors import BrokerUnavailable, ConfigError, IdempotencyConflict
 from ..idempotency import CONFLICT as CONFLICT_MESSAGE
 from ..idempotency import Idempotency, Published
 from ..ratelimit import too_many
 from ..runtime import Runtime, Task
-from .base import Broker, Deliver, Entry, OnGap
+from .base import Broker, Deliver, Entry, OnGap, Wants
+from .redis_stream import entry_notification, target_of, to_notification_id, to_stream_id
 from .redis_script import CONFLICT, OVER_RATE, REPLAYED, NotSent, run_publish_script
 
 log = logging.getLogger(__name__)
@@ -45,18 +46,6 @@ TRIM_EVERY = 30.0
 UNKNOWN_OUTCOME_WINDOW = 3.0
 """Seconds a publish whose reply was lost keeps retrying (idempotently) to learn its outcome."""
 TOKEN_TTL = 60
-
-def to_notification_id(stream_id: bytes | str) -> str:
-    if isinstance(stream_id, bytes):
-        stream_id = stream_id.decode()
-    ms, _, seq = stream_id.partition("-")
-    return format_id(int(ms), int(seq))
-
-
-def to_stream_id(notification_id: str) -> str:
-    ms, seq = parse_id(notification_id)
-    return f"{ms}-{seq}"
-
 
 def _client(url: str, socket_timeout: float, retries: int = 1, pool_size: int = 1) -> redis.Redis:
     """A client whose callers wait (up to POOL_WAIT) for one of ``pool_size`` connections:
@@ -100,6 +89,7 @@ class RedisBroker(Broker):
         self._generation = 0  # the follower of this generation delivers; stop() or start() ends older ones
         self._following = False
         self._deliver: Deliver | None = None
+        self._wants: Wants | None = None
         self._on_gap: OnGap | None = None
         self._last: str | None = None
         self._last_is_a_guess = False  # no entry at that id: nothing to find missing
@@ -162,7 +152,7 @@ class RedisBroker(Broker):
             found: list[Notification] = []
             while True:
                 entries = self.client.xrange(self.stream, start, "+", count=PAGE)
-                found.extend(n for n in map(self._notification, entries) if n is not None)
+                found.extend(n for n in map(entry_notification, entries) if n is not None)
                 if len(entries) < PAGE:
                     return found
                 start = "(" + entries[-1][0].decode()
@@ -182,8 +172,8 @@ class RedisBroker(Broker):
         except redis.RedisError:
             return False
 
-    def start(self, deliver: Deliver, on_gap: OnGap | None = None) -> None:
-        self._deliver, self._on_gap = deliver, on_gap
+    def start(self, deliver: Deliver, on_gap: OnGap | None = None, wants: Wants | None = None) -> None:
+        self._deliver, self._on_gap, self._wants = deliver, on_gap, wants
         if not self._following:
             # Read the tail now, not in the greenlet: a subscriber that attaches right
             # after start() must get everything published after this point.
@@ -257,14 +247,9 @@ class RedisBroker(Broker):
                     self.connected = True
                     log.info("redis follower connected; following %s after %s", self.stream, self._last)
                 backoff = 0.1
-                for _stream, entries in response or ():
-                    for entry in entries:
-                        if self._generation != generation:
-                            return  # stopped, or another follower took over
-                        self._last, self._last_is_a_guess = entry[0].decode(), False
-                        notification = self._notification(entry)
-                        if notification is not None and self._deliver is not None:
-                            self._deliver(notification)
+                # [[stream, entries]], or {stream: entries} as redis-py gives it in RESP3
+                for _stream, entries in (response.items() if isinstance(response, dict) else response or ()):
+                    self._follow_batch(entries, generation)
             except redis.RedisError as exc:
                 if self.connected:
                     self.reconnects += 1
@@ -279,13 +264,19 @@ class RedisBroker(Broker):
                 self.runtime.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
-    @staticmethod
-    def _notification(entry: tuple[bytes, dict[bytes, Any]]) -> Notification | None:
-        stream_id, fields = entry
-        try:
-            return Notification(
-                to_notification_id(stream_id), fields[b"t"].decode(), fields[b"y"].decode(), fields[b"n"]
-            )
-        except (KeyError, ValueError, UnicodeDecodeError):
-            log.error("skipping malformed stream entry %s", stream_id)
-            return None
+    def _follow_batch(self, entries: list[Any], generation: int) -> None:
+        """Deliver what this worker's connections want of one XREAD's entries; skip the rest
+        undecoded (every worker reads every notification: this is most of them)."""
+        wants, deliver = self._wants, self._deliver
+        for entry in entries:
+            if self._generation != generation:
+                return  # stopped, or another follower took over
+            fields = entry[1]
+            if wants is not None and not wants(target_of(fields).decode("utf-8", "replace")):
+                continue
+            self._last, self._last_is_a_guess = entry[0].decode(), False
+            notification = entry_notification(entry)
+            if notification is not None and deliver is not None:
+                deliver(notification)
+        if entries and self._generation == generation:
+            self._last, self._last_is_a_guess = entries[-1][0].decode(), False

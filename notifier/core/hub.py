@@ -76,6 +76,11 @@ class Hub:
         connection.close(GOING_AWAY, "server shutting down")
         return sub
 
+    def wants(self, key: str) -> bool:
+        """Whether any subscriber here listens to ``key`` (a lock-free read: a subscriber
+        that attaches meanwhile resumes from history, so a skipped notification is not lost)."""
+        return key in self._index
+
     def user_connections(self, user_id: str) -> int:
         """How many live subscribers of this worker are that user's."""
         with self._lock:
