@@ -21,8 +21,7 @@ from ..errors import BrokerUnavailable, IdentifyFailed, InvalidNotification, Not
 from ..openapi import spec
 from ..ratelimit import publisher_id
 from ..service import Service, check_last_id
-from ..transports import sse, wsadapter
-from ..transports.websocket import WIRE, WebSocketSession
+from ..transports import sse
 from ..validation import user_id_of
 from . import ws_actions
 from .body import read_json_body
@@ -114,6 +113,11 @@ def events() -> Response:
 
 
 def ws() -> Any:
+    # simple-websocket and wsproto load with the first WebSocket, not with the app: the
+    # CLI and publish-only processes never pay for them.
+    from ..transports import wsadapter
+    from ..transports.websocket import WIRE, WebSocketSession
+
     svc = service()
     svc.start()
     check_handshake(request.headers)
