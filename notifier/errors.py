@@ -61,11 +61,15 @@ class IdempotencyConflict(NotifierError):
     status = 422
 
 
-class BrokerUnavailable(NotifierError):
-    """The broker cannot be reached: the notification was NOT accepted (503, Retry-After)."""
+class RetryLater(NotifierError):
+    """Not now: 503 with ``Retry-After`` (every 503 says when to retry)."""
 
     status = 503
     retry_after = 1
+
+
+class BrokerUnavailable(RetryLater):
+    """The broker cannot be reached: the notification was NOT accepted."""
 
 
 class TooManyRequests(NotifierError):
@@ -78,25 +82,16 @@ class TooManyRequests(NotifierError):
         self.retry_after = retry_after
 
 
-class WorkerFull(NotifierError):
-    """This worker holds as many subscribers as it may: the client should retry (503)."""
-
-    status = 503
-    retry_after = 1
+class WorkerFull(RetryLater):
+    """This worker holds as many subscribers as it may: the client should retry."""
 
 
-class ServerBusy(NotifierError):
-    """Too many requests of one kind at once on this worker: retry soon (503)."""
-
-    status = 503
-    retry_after = 1
+class ServerBusy(RetryLater):
+    """Too many requests of one kind at once on this worker: retry soon."""
 
 
-class ShuttingDown(NotifierError):
-    """This worker is stopping and takes no new subscribers: the client retries elsewhere (503)."""
-
-    status = 503
-    retry_after = 1
+class ShuttingDown(RetryLater):
+    """This worker is stopping and takes no new subscribers: the client retries elsewhere."""
 
 
 class IdentifyFailed(NotifierError):

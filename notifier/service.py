@@ -168,10 +168,8 @@ def check_last_id(value: str | None) -> str | None:
     """A client's resume point, or InvalidNotification if it is not an id we issued."""
     if value is None or value == "":
         return None
-    try:
-        parse_id(value)
-    except ValueError:
-        raise InvalidNotification("last event id is not a notification id") from None
+    if not is_id(value):
+        raise InvalidNotification("last event id is not a notification id")
     return value
 
 

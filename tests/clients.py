@@ -555,3 +555,15 @@ def _saw_sync(client, deadline: float) -> bool:
         if msg.get("type") == SYNC_TYPE:
             return True
         raise AssertionError(f"unexpected message while syncing: {msg!r}")
+
+
+def login(url: str, user: str) -> requests.Session:
+    """Log in through a host app's ``/login?user=`` (the example apps); the session keeps the cookie."""
+    session = requests.Session()
+    assert session.get(url + "/login", params={"user": user}, timeout=5).status_code == 200
+    return session
+
+
+def cookie_of(session: requests.Session) -> str:
+    """The Cookie header value of a requests session (for the WebSocket and SSE clients)."""
+    return "; ".join(f"{c.name}={c.value}" for c in session.cookies)

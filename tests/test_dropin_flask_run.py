@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from clients import SSEClient, WSClient
+from clients import SSEClient, WSClient, cookie_of, login
 from conftest import _CURRENT_TEST, _SERVERS, PYTHON, ROOT, _stop_process, _tail, free_port
 
 PREFIX = "/notifier"
@@ -69,16 +69,6 @@ def host(request, tmp_path, notifier_server):
         yield server
     finally:
         server.stop()
-
-
-def login(url: str, user: str) -> requests.Session:
-    session = requests.Session()
-    assert session.get(url + "/login", params={"user": user}, timeout=5).status_code == 200
-    return session
-
-
-def cookie_of(session: requests.Session) -> str:
-    return "; ".join(f"{c.name}={c.value}" for c in session.cookies)
 
 
 def test_the_apps_own_publish_reaches_alices_page_and_not_bobs(host, closing):

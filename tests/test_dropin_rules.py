@@ -11,7 +11,7 @@ import websocket
 import requests
 from flask import Flask
 
-from clients import SSEClient, WSClient, sync_subscribers
+from clients import SSEClient, WSClient, cookie_of, login, sync_subscribers
 from conftest import PYTHON, ROOT, free_port
 from examples.factory_app import create_app
 from notifier import Notifier, NotifierError
@@ -20,16 +20,6 @@ from notifier.errors import ConfigError
 from notifier.testing import captured
 
 PREFIX = "/notifier"
-
-
-def login(url: str, user: str) -> requests.Session:
-    session = requests.Session()
-    assert session.get(url + "/login", params={"user": user}, timeout=5).status_code == 200
-    return session
-
-
-def cookie_of(session: requests.Session) -> str:
-    return "; ".join(f"{c.name}={c.value}" for c in session.cookies)
 
 
 def test_two_apps_in_one_process_each_have_their_own_hub_and_hooks(notifier_server, closing):

@@ -55,23 +55,31 @@ def handshake_environ(server_sock) -> dict:
             "HTTP_SEC_WEBSOCKET_VERSION": "13", "HTTP_SEC_WEBSOCKET_EXTENSIONS": "permessage-deflate"}
 
 
-def test_a_pong_is_sent_after_a_half_written_frame_not_inside_it():
+def accepted_session(small_buffers: bool = False):
+    """A WebSocketSession on a real loopback connection, handshake done: (session, writer,
+    client socket, listener, the handshake answer)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if small_buffers:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     client.connect(listener.getsockname())
     server_sock, _ = listener.accept()
-    server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    runtime = GeventRuntime()
-    writer = SocketWriter(runtime, 1024, WIRE)
+    if small_buffers:
+        server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writer = SocketWriter(GeventRuntime(), 1024, WIRE)
     session = WebSocketSession(writer, handshake_environ(server_sock), max_message_size=65536)
     response = b""
     while b"\r\n\r\n" not in response:
         response += client.recv(1)
+    return session, writer, client, listener, response
+
+
+def test_a_pong_is_sent_after_a_half_written_frame_not_inside_it():
+    session, writer, client, listener, response = accepted_session(small_buffers=True)
     assert b"permessage-deflate" not in response.lower()  # never agreed to: costs memory and CPU
-    hub = Hub(runtime, flush_interval=0.025)
+    hub = Hub(writer.runtime, flush_interval=0.025)
     hub.subscribe(writer, "ws")
     running = gevent.spawn(session.run, 30, lambda m: {"ok": True})
     try:
@@ -95,15 +103,7 @@ def test_a_pong_is_sent_after_a_half_written_frame_not_inside_it():
 
 
 def test_the_subscriber_is_released_when_writing_stops_not_after_the_close_lingers():
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    client = socket.socket()
-    client.connect(listener.getsockname())
-    server_sock, _ = listener.accept()
-    runtime = GeventRuntime()
-    writer = SocketWriter(runtime, 1024, WIRE)
-    session = WebSocketSession(writer, handshake_environ(server_sock), max_message_size=65536)
+    session, writer, client, listener, _ = accepted_session()
     released = []
     running = gevent.spawn(session.run, 30, lambda m: {}, (), None, lambda: released.append(time.monotonic()))
     try:
@@ -123,18 +123,7 @@ def test_the_subscriber_is_released_when_writing_stops_not_after_the_close_linge
 
 
 def test_a_message_in_the_same_read_as_the_close_is_answered_before_the_close():
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    client = socket.socket()
-    client.connect(listener.getsockname())
-    server_sock, _ = listener.accept()
-    runtime = GeventRuntime()
-    writer = SocketWriter(runtime, 1024, WIRE)
-    session = WebSocketSession(writer, handshake_environ(server_sock), max_message_size=65536)
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += client.recv(1)
+    session, writer, client, listener, _ = accepted_session()
     running = gevent.spawn(session.run, 30, lambda m: {"ack": m})
     try:
         gevent.sleep(0.02)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
 from .. import browser, cli
@@ -47,10 +47,7 @@ def http_error(exc: HTTPException) -> Response:
 def notifier_error(exc: NotifierError) -> Response:
     if isinstance(exc, (ServerUnsupported, IdentifyFailed)):  # the operator must hear of it, not only the client
         log.error("notifier refused a stream: %s", exc.message)
-    response = views.error(exc.status, exc.message)
-    if exc.index is not None:
-        response = jsonify(error=exc.message, index=exc.index)
-        response.status_code = exc.status
+    response = views.error(exc.status, exc.message, exc.index)
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)

@@ -133,10 +133,10 @@ def ws() -> Any:
         session.refuse(TOO_SLOW, exc.message)  # 1013: try again later
         return session.response()
     try:
+        # released as soon as writing stops, before the close lingers (run's own finally)
         session.run(svc.settings.heartbeat, lambda raw: ws_actions.answer(svc, sub, raw), replay, floor,
                     on_end=lambda: svc.hub.unsubscribe(sub))
     finally:
-        svc.hub.unsubscribe(sub)
         # gunicorn writes no access-log line for an upgraded connection: one line here
         # (the path only: query strings may carry tokens).
         log.info("websocket %s 101 closed %s after %.1fs", request.path,
@@ -144,8 +144,9 @@ def ws() -> Any:
     return session.response()
 
 
-def error(status: int, message: str) -> Response:
-    response = jsonify(error=message)
+def error(status: int, message: str, index: int | None = None) -> Response:
+    """The JSON error answer; ``index``: the item of a batch it is about."""
+    response = jsonify(error=message) if index is None else jsonify(error=message, index=index)
     response.status_code = status
     return response
 
@@ -204,9 +205,7 @@ def healthz() -> Response:
 def readyz() -> Response:
     if service().broker.ready():
         return jsonify(status="ready")
-    response = error(503, "broker unavailable")
-    response.headers["Retry-After"] = str(BrokerUnavailable.retry_after)
-    return response
+    raise BrokerUnavailable("broker unavailable")  # 503 with Retry-After, like every 503
 
 
 def metrics_text() -> Response:
