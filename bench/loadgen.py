@@ -470,9 +470,10 @@ async def close_subs(col: Collector) -> None:
 class Publisher:
     """One keep-alive HTTP/1.1 connection that POSTs JSON to /notify."""
 
-    def __init__(self, port: int, path: str = "/notify") -> None:
+    def __init__(self, port: int, path: str = "/notify", headers: str = "") -> None:
         self.port = port
         self.path = path
+        self.headers = headers  # extra header lines, each ending in \r\n
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -481,7 +482,7 @@ class Publisher:
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         head = (f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                f"Content-Type: application/json\r\n{self.headers}Content-Length: {len(body)}\r\n\r\n").encode()
         self.writer.write(head + body)
         try:
             raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)

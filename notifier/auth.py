@@ -26,11 +26,16 @@ def socket_peer(environ: Mapping[str, Any]) -> str:
     """The address of the socket's other end, as the server saw it."""
     sock = environ.get("gunicorn.socket")
     if sock is not None:
-        try:
-            peer = sock.getpeername()
-        except OSError:
-            return ""
-        return peer[0] if isinstance(peer, tuple) else ""  # a unix socket has no address
+        peer = environ.get("notifier.peer")
+        if peer is None:  # asked once a request: it is a system call
+            try:
+                address = sock.getpeername()
+            except OSError:
+                address = None
+            peer = address[0] if isinstance(address, tuple) else ""  # a unix socket has no address
+            if isinstance(environ, dict):
+                environ["notifier.peer"] = peer
+        return peer
     original = environ.get("werkzeug.proxy_fix.orig") or {}
     return original.get("REMOTE_ADDR") or environ.get("REMOTE_ADDR") or ""
 

@@ -6,18 +6,28 @@ worker on every host, counted by the publish script itself (no extra round trip)
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import threading
 import time
+from typing import Any, Mapping
 
+from .auth import socket_peer
 from .errors import TooManyRequests
 
 
-def publisher_id(key: str | None, peer: str) -> str:
-    """A name for the publisher that does not reveal its key (it ends up in Redis key names)."""
+def publisher_id(key: str | None, environ: Mapping[str, Any]) -> str:
+    """A name for the publisher that does not reveal its key (it ends up in Redis key names):
+    its key's, or without one its address."""
     if key is None:
-        return "peer:" + peer
+        return "peer:" + socket_peer(environ)
+    return _key_name(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _key_name(key: str) -> str:
+    """Hashed once per key, not per publish (the keys are few: NOTIFIER_API_KEYS)."""
     return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

@@ -11,6 +11,7 @@ from .core.notification import now_iso
 TYPE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 TOPIC_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
 FIELDS = ("type", "title", "message", "user_id", "topic", "data")
+_FIELDS = frozenset(FIELDS)
 PRIVATE_PREFIX = "private-"
 
 
@@ -67,8 +68,8 @@ def validate_publish(payload: Any) -> dict[str, Any]:
     """Check a publish body; return the notification's fields (all but the id), in wire order."""
     if not isinstance(payload, dict):
         raise InvalidNotification("body must be a JSON object")
-    unknown = sorted(set(payload) - set(FIELDS))
-    if unknown:
+    if not _FIELDS.issuperset(payload):
+        unknown = sorted(set(payload) - _FIELDS)
         raise InvalidNotification(f"unknown field(s): {', '.join(unknown)}")
     type_ = payload.get("type", "notification")
     if not isinstance(type_, str) or not TYPE_RE.fullmatch(type_):

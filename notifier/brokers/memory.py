@@ -26,6 +26,7 @@ class MemoryBroker(Broker):
         self.ttl_ms = settings.history_ttl * 1000
         self._lock = threading.Lock()
         self._deliver: Deliver | None = None
+        self._wants: Wants | None = None
         self._last = (0, 0)
         self._limiter = RateLimiter(settings.publish_rate)
         self._keys: dict[str, tuple[list[str], str, float]] = {}  # idempotency: name -> (ids, fingerprint, until)
@@ -54,11 +55,13 @@ class MemoryBroker(Broker):
             if idempotency is not None:
                 self._remember(idempotency, ids)
             self.ring.extend(notifications)
-            deliver = self._deliver
-            # Dispatch under the lock so hub order is id order across publishers.
+            deliver, wants = self._deliver, self._wants
+            # Dispatch under the lock so hub order is id order across publishers; only what
+            # a connection here wants (one that attaches later resumes from the ring).
             if deliver is not None:
                 for notification in notifications:
-                    deliver(notification)
+                    if wants is None or wants(notification.target):
+                        deliver(notification)
         return Published(ids)
 
     def _remember(self, idempotency: Idempotency, ids: list[str]) -> None:
@@ -91,7 +94,7 @@ class MemoryBroker(Broker):
             return self.ring[-1].id if self.ring else None
 
     def start(self, deliver: Deliver, on_gap: OnGap | None = None, wants: Wants | None = None) -> None:
-        self._deliver = deliver
+        self._deliver, self._wants = deliver, wants
 
     def stop(self) -> None:
         self._deliver = None

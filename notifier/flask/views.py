@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -12,7 +13,7 @@ from flask import Response, current_app, jsonify, request
 from werkzeug.wsgi import ClosingIterator
 
 from .. import metrics
-from ..auth import check_metrics_reader, check_origin, check_publisher, check_session_origin, socket_peer, \
+from ..auth import check_metrics_reader, check_origin, check_publisher, check_session_origin, \
     subscriber_grant, subscriber_topics
 from ..core.closing import TOO_SLOW
 from ..core.subscriber import entitled_keys
@@ -84,9 +85,10 @@ def notify() -> tuple[Response, int]:
     svc = service()
     key = check_publisher(request.environ, svc.settings.api_keys)
     payload = read_json_body(svc)
-    published = svc.publish(payload, publisher_id(key, socket_peer(request.environ)),
+    published = svc.publish(payload, publisher_id(key, request.environ),
                             idempotency_key=request.headers.get("Idempotency-Key"))
-    response = jsonify(ids=published.ids) if isinstance(payload, list) else jsonify(id=published.id)
+    answer = {"ids": published.ids} if isinstance(payload, list) else {"id": published.id}
+    response = json_bytes(json.dumps(answer, separators=(",", ":")).encode())
     if published.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response, 202

@@ -1,0 +1,197 @@
+"""The publish path: server CPU per POST /notify with nobody subscribed, beside the floor of
+any Flask request on the same gunicorn gevent worker.
+
+    bench/run publish [--cases floor,memory,redis,memory-batch,redis-batch] [--count 4000]
+                      [--batch 100] [--publishers 8] [--rounds 3] [--rev REV ...] [--name NAME]
+
+Cases (each a fresh server, 1 gevent worker, notifier's gunicorn settings, a publisher key):
+- ``floor``: bench/peers/floor_app.py, a bare Flask route (``request.get_json()``,
+  ``jsonify``, 202). Whatever notifier costs above it is notifier's own.
+- ``memory`` / ``redis``: notifier's POST /notify, one notification a request, with the
+  in-process broker / through a private redis-server.
+- ``memory-batch`` / ``redis-batch``: arrays of ``--batch`` notifications a request;
+  reported per notification.
+
+``--publishers`` keep-alive connections post back to back; the server's CPU (master +
+worker) over the measured requests ÷ requests (÷ notifications for batches) is the
+figure, with Redis's own CPU beside it. Every case runs ``--rounds`` times, interleaved,
+and the table shows medians. ``--rev`` (repeatable; ``work`` is the work tree) runs every
+case for each revision, interleaved in one run: an A/B of a change.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import bench as b
+import loadgen as lg
+
+KEY = "bench-publisher-key"
+CASES = ("floor", "memory", "redis", "memory-batch", "redis-batch")
+
+
+def body(seq: int, batch: int) -> bytes:
+    one = b'{"user_id":"u%d","title":"bench","message":"publish path %d","data":{"seq":%d}}'
+    if not batch:
+        return one % (seq % 1000, seq, seq)
+    return b"[" + b",".join(one % ((seq + i) % 1000, seq + i, seq + i) for i in range(batch)) + b"]"
+
+
+async def post_all(port: int, bodies: list[bytes], publishers: int) -> tuple[int, dict[int, int]]:
+    """Post every body over ``publishers`` keep-alive connections; (requests, statuses)."""
+    pubs = [lg.Publisher(port, headers=f"Authorization: Bearer {KEY}\r\n") for _ in range(publishers)]
+    statuses: dict[int, int] = {}
+    it = iter(bodies)
+
+    async def run(pub: lg.Publisher) -> None:
+        for data in it:
+            status = await pub.post(data)
+            statuses[status] = statuses.get(status, 0) + 1
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(run(p) for p in pubs)), 300)
+    finally:
+        for p in pubs:
+            p.close()
+    return len(bodies), statuses
+
+
+def profile(server: b.Server, out: Path) -> subprocess.Popen:
+    """py-spy sampling the worker while the measured requests run (its own cost inflates the
+    CPU figures of that run: profile and measure in separate runs)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen([str(b.ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid",
+                            str(server.worker_procs()[0].pid), "--rate", "1000", "--format", "raw", "--nonblocking",
+                            "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return spy
+
+
+def run_case(case: str, source: Path, args: argparse.Namespace, workdir: Path) -> dict:
+    batch = args.batch if case.endswith("-batch") else 0
+    redis = b.Redis(workdir)
+    redis.start()
+    server = b.Server("notifier", 1, redis, workdir / f"{case}.log", None)
+    server.cwd = source
+    server.env["NOTIFIER_API_KEYS"] = KEY
+    if case == "floor":
+        server.cmd = [*server.cmd[:3], "floor_app:app", "-c", "gunicorn.conf.py",
+                      "--pythonpath", str(b.BENCH / "peers")]
+    if case in ("floor", "memory", "memory-batch"):
+        del server.env["REDIS_URL"]
+        server.peer = case  # no Redis follower to wait for
+    try:
+        server.start()
+        per = batch or 1
+        warm = [body(i, batch) for i in range(max(50, 400 // per))]
+        asyncio.run(post_all(server.port, warm, args.publishers))
+        n = args.count // per
+        bodies = [body(i, batch) for i in range(n)]
+        time.sleep(0.3)
+        spy = profile(server, Path(args.profile) / f"{case}-{source.name}.txt") if args.profile else None
+        cpu0, rcpu0, me0, t0 = server.cpu(), redis.cpu(), time.process_time(), time.monotonic()
+        requests, statuses = asyncio.run(post_all(server.port, bodies, args.publishers))
+        wall = time.monotonic() - t0
+        cpu, rcpu, me = server.cpu() - cpu0, redis.cpu() - rcpu0, time.process_time() - me0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+        accepted = statuses.get(202, 0)
+        if accepted != requests:
+            b.log(f"{case}: statuses {statuses} (expected {requests} x 202)")
+        return {"case": case, "batch": batch, "requests": requests, "notifications": requests * per,
+                "statuses": {str(k): v for k, v in statuses.items()}, "wall_s": round(wall, 3),
+                "requests_per_s": round(requests / wall), "server_cpu_s": round(cpu, 4),
+                "us_per_request": round(cpu / requests * 1e6, 1),
+                "us_per_notification": round(cpu / (requests * per) * 1e6, 2),
+                "redis_us_per_notification": round(rcpu / (requests * per) * 1e6, 2) if case.startswith("redis")
+                else None,
+                "load_cpu_share": round(me / wall, 2)}
+    finally:
+        server.stop()
+        redis.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--count", type=int, default=4000, help="notifications measured per case")
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--publishers", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rev", action="append", default=None, help="git revision, or 'work' (repeatable)")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="py-spy the worker in every case; collapsed stacks to DIR/<case>-<src>.txt")
+    p.add_argument("--out", default=str(b.BENCH / "results"))
+    p.add_argument("--name", default=None)
+    args = p.parse_args()
+    cases = [c for c in args.cases.split(",") if c]
+    unknown = set(cases) - set(CASES)
+    if unknown:
+        p.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    revs = args.rev or ["work"]
+    name = args.name or "publish-" + datetime.now().strftime("%Y-%m-%d-%H%M")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-publish-"))
+    sources = {rev: b.snapshot_source(workdir / f"src-{i}", None if rev == "work" else rev)
+               for i, rev in enumerate(revs)}
+    results: list[dict] = []
+    try:
+        for r in range(args.rounds):
+            for case in cases:
+                for rev in revs:
+                    res = run_case(case, Path(sources[rev]["copied_to"]), args, workdir)
+                    res.update(rev=rev, round=r)
+                    results.append(res)
+                    b.log(f"round {r + 1} {case:13} {rev:10} {res['us_per_request']:8.1f} us/request "
+                          f"{res['us_per_notification']:7.2f} us/notification  {res['requests_per_s']}/s")
+    finally:
+        for proc in b.STARTED:
+            b.stop_process(proc, 5)
+    rows = []
+    floor = {rev: statistics.median(x["us_per_request"] for x in results if x["case"] == "floor" and x["rev"] == rev)
+             for rev in revs if any(x["case"] == "floor" and x["rev"] == rev for x in results)}
+    for case in cases:
+        for rev in revs:
+            mine = [x for x in results if x["case"] == case and x["rev"] == rev]
+            req = statistics.median(x["us_per_request"] for x in mine)
+            row = {"case": case, "rev": rev, "us_per_request": req,
+                   "us_per_notification": statistics.median(x["us_per_notification"] for x in mine),
+                   "requests_per_s": statistics.median(x["requests_per_s"] for x in mine),
+                   "x_floor": round(req / floor[rev], 2) if rev in floor and not mine[0]["batch"] else None,
+                   "redis_us_per_notification": statistics.median(x["redis_us_per_notification"] for x in mine)
+                   if mine[0]["redis_us_per_notification"] is not None else None,
+                   "load_cpu_share": statistics.median(x["load_cpu_share"] for x in mine)}
+            rows.append(row)
+    lines = [f"# publish path — {name}", "",
+             f"{args.count} notifications a case, {args.publishers} keep-alive publishers, batch {args.batch}, "
+             f"median of {args.rounds} rounds; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", "",
+             "| case | rev | server CPU µs/request | µs/notification | × floor | requests/s | Redis µs/notification "
+             "| load-side CPU |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['case']} | {row['rev']} | {row['us_per_request']:.1f} | {row['us_per_notification']:.2f} "
+                     f"| {row['x_floor'] if row['x_floor'] is not None else '—'} | {row['requests_per_s']:.0f} "
+                     f"| {row['redis_us_per_notification'] if row['redis_us_per_notification'] is not None else '—'} "
+                     f"| {row['load_cpu_share']:.0%} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(table)
+    (out / f"{name}.json").write_text(json.dumps({
+        "name": name, "args": vars(args), "sources": sources, "rows": rows, "runs": results,
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "python": sys.version.split()[0],
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
