@@ -27,7 +27,8 @@ from ..ratelimit import too_many
 from ..runtime import Runtime, Task
 from .base import Broker, Deliver, Entry, OnGap, Wants
 from .redis_stream import entry_notification, target_of, to_notification_id, to_stream_id
-from .redis_script import CONFLICT, OVER_RATE, REPLAYED, NotSent, run_publish_script
+from .redis_pipeline import NotSent, ScriptPipeline
+from .redis_script import CONFLICT, OVER_RATE, REPLAYED
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,11 @@ class RedisBroker(Broker):
         self.publish_rate = settings.publish_rate
         self.ttl_ms = settings.history_ttl * 1000
         self.client = _client(self.url, socket_timeout=2.0, pool_size=settings.redis_pool)
+        pool = self.client.connection_pool
+        # Publishes go over a connection of their own, pipelined (redis_pipeline); the pool
+        # serves history reads and the rest.
+        self._publisher = ScriptPipeline(lambda: pool.connection_class(**pool.connection_kwargs),
+                                         timeout=3.0)
         self._follower: Task | None = None
         self._generation = 0  # the follower of this generation delivers; stop() or start() ends older ones
         self._following = False
@@ -118,7 +124,7 @@ class RedisBroker(Broker):
         delay, sent = 0.05, False
         while True:
             try:
-                answer = run_publish_script(self.client, keys, args)
+                answer = self._publisher.call(keys, args)
                 if answer[0] == OVER_RATE:
                     raise too_many(self.publish_rate, now)
                 if answer[0] == CONFLICT:

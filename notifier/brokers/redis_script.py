@@ -1,12 +1,9 @@
 """The Redis publish script: one round trip that counts the publisher's rate and adds the
 notification to the stream at most once per publish token (a retry after a lost reply
-gets the first id back instead of a second entry)."""
+gets the first id back instead of a second entry). redis_pipeline runs it."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any
-
-import redis
 
 # Adds ARGV[6..] (triples: hub key, type, fields JSON) to the stream, all in one go (a
 # script runs whole), and answers {STORED, "id1,id2,..."}, {REPLAYED, ids}, {CONFLICT}
@@ -46,31 +43,3 @@ return {0, ids}
 """
 STORED, REPLAYED, CONFLICT, OVER_RATE = 0, 1, 2, 3
 PUBLISH_ONCE_SHA = hashlib.sha1(PUBLISH_ONCE.encode()).hexdigest()
-
-
-class NotSent(Exception):
-    """No connection to Redis could be had: the command was certainly not applied."""
-
-
-def run_publish_script(client: redis.Redis, keys: tuple[str, ...], args: list[Any]) -> Any:
-    """Run the publish script (by its SHA; the text only when Redis does not have it yet)."""
-    pool = client.connection_pool
-    try:
-        conn = pool.get_connection()
-    except redis.RedisError as exc:
-        raise NotSent() from exc
-    try:
-        conn.send_command("EVALSHA", PUBLISH_ONCE_SHA, len(keys), *keys, *args)
-        try:
-            return conn.read_response()
-        except redis.exceptions.NoScriptError:
-            pass  # a new or restarted Redis: send the text once, it keeps it
-        conn.send_command("EVAL", PUBLISH_ONCE, len(keys), *keys, *args)
-        return conn.read_response()
-    except redis.ResponseError:
-        raise  # an answer: the connection is fine
-    except BaseException:
-        conn.disconnect()
-        raise
-    finally:
-        pool.release(conn)

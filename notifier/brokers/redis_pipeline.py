@@ -1,0 +1,158 @@
+"""Publishes of one worker share one Redis connection, pipelined: whatever queues while a
+round trip is out goes in the next one, in one write.
+
+Each publish taking a pooled connection of its own cost it a pool checkout (with a poll
+of the socket) and a round trip of its own; under load most of a publish's Redis cost was
+that. Here one caller at a time leads: it sends every queued call, reads their replies in
+order, hands each its answer, and passes the lead to the next queued caller, so no caller
+serves others for longer than one round. Every call carries its publish token (see
+redis_script), so one whose outcome a broken connection left unknown is retried safely.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import redis
+
+from .redis_script import PUBLISH_ONCE, PUBLISH_ONCE_SHA
+
+WAIT_MARGIN = 3.0
+"""Seconds past the connection's own timeouts a queued call waits for its round."""
+
+
+class NotSent(Exception):
+    """No connection to Redis could be had: the command was certainly not applied."""
+
+
+class _Call:
+    __slots__ = ("command", "done", "answer", "error", "lead")
+
+    def __init__(self, command: tuple[Any, ...]) -> None:
+        self.command = command
+        self.done = threading.Event()  # gevent's under a patched worker
+        self.answer: Any = None
+        self.error: BaseException | None = None
+        self.lead = False  # woken to lead the next round, not with an answer
+
+    def finish(self, answer: Any = None, error: BaseException | None = None) -> None:
+        self.answer, self.error = answer, error
+        self.done.set()
+
+
+class ScriptPipeline:
+    """Runs the publish script for concurrent callers over one connection of its own."""
+
+    def __init__(self, make_connection: Callable[[], Any], timeout: float) -> None:
+        self._make = make_connection
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._queue: list[_Call] = []
+        self._leading = False
+        self._wait = timeout + WAIT_MARGIN
+
+    def call(self, keys: tuple[str, ...], args: list[Any]) -> Any:
+        """The script's answer; NotSent when no connection could be had (it certainly did not
+        run), redis.ConnectionError/TimeoutError when the outcome is unknown."""
+        call = _Call(("EVALSHA", PUBLISH_ONCE_SHA, len(keys), *keys, *args))
+        with self._lock:
+            self._queue.append(call)
+            lead = not self._leading
+            self._leading = True
+        while not lead:
+            if not call.done.wait(self._wait):
+                with self._lock:
+                    if call in self._queue and not call.lead:  # never sent: give up on it
+                        self._queue.remove(call)
+                        raise NotSent("no turn on the Redis connection in time")
+                continue  # in a round now (bounded by the connection's timeouts), or just given the lead
+            if not call.lead:
+                break
+            call.lead, lead = False, True
+            call.done.clear()
+        if lead:
+            self._lead()
+        if call.error is not None:
+            raise call.error
+        return call.answer
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.disconnect()
+
+    def _lead(self) -> None:
+        """One round for everything queued, then the lead to whoever queued meanwhile."""
+        with self._lock:
+            batch, self._queue = self._queue, []
+        try:
+            self._round(batch)
+        except BaseException as exc:  # this caller was killed mid-round: nobody may wait forever
+            self.close()
+            for call in batch:
+                if not call.done.is_set():
+                    call.finish(error=redis.ConnectionError(f"publish interrupted: {exc!r}"))
+            raise
+        finally:
+            with self._lock:
+                if self._queue:
+                    nxt = self._queue[0]
+                    nxt.lead = True
+                    nxt.done.set()
+                else:
+                    self._leading = False
+
+    def _round(self, batch: list[_Call]) -> None:
+        try:
+            conn = self._connection()
+        except redis.RedisError as exc:
+            for call in batch:
+                call.finish(error=NotSent(str(exc)))
+            return
+        for attempt in range(2):
+            missing = self._exchange(conn, batch)
+            if not missing or attempt:
+                for call in missing:
+                    call.finish(error=redis.ResponseError("NOSCRIPT after SCRIPT LOAD"))
+                return
+            # A new or restarted Redis: load the script once, then run these again.
+            try:
+                conn.send_command("SCRIPT", "LOAD", PUBLISH_ONCE, check_health=False)
+                conn.read_response()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.close()
+                for call in missing:
+                    call.finish(error=NotSent(str(exc)))
+                return
+            batch = missing
+
+    def _exchange(self, conn: Any, batch: list[_Call]) -> list[_Call]:
+        """Send every call at once, hand out the replies in order; the calls Redis lacked the script for."""
+        missing: list[_Call] = []
+        try:
+            conn.send_packed_command(conn.pack_commands([call.command for call in batch]), check_health=False)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # part of it may have gone out
+            self.close()
+            for call in batch:
+                call.finish(error=exc)
+            return missing
+        for index, call in enumerate(batch):
+            try:
+                call.finish(conn.read_response())
+            except redis.exceptions.NoScriptError:
+                missing.append(call)
+            except redis.ResponseError as exc:  # an error reply: the connection is fine
+                call.finish(error=exc)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self.close()
+                for rest in batch[index:]:
+                    rest.finish(error=exc)
+                return []
+        return missing
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            conn = self._make()
+            conn.connect()
+            self._conn = conn
+        return self._conn
