@@ -25,6 +25,8 @@ def to_stream_id(notification_id: str) -> str:
 def target_of(fields: dict[bytes, bytes] | list[bytes]) -> bytes:
     """An entry's hub key, read before anything else of it is decoded."""
     if isinstance(fields, list):
+        if fields and fields[0] == b"t":  # as the publish script writes them: t first
+            return fields[1]
         fields = dict(zip(fields[::2], fields[1::2]))
     return fields.get(b"t", b"")
 

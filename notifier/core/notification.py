@@ -66,6 +66,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""One encoder for every notification (``json.dumps`` with options builds a new one per call)."""
+
+
 def encode_fields(fields: dict[str, Any]) -> bytes:
     """Compact one-line JSON of everything but the id (the broker assigns that).
 
@@ -73,7 +77,7 @@ def encode_fields(fields: dict[str, Any]) -> bytes:
     (``1e400`` parses to infinity), lone surrogates, objects that are not JSON.
     """
     try:
-        text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(fields)
     except (ValueError, TypeError, UnicodeEncodeError, RecursionError) as exc:
         raise InvalidNotification(f"notification cannot be encoded as JSON: {exc}") from None
     # JSON escapes every control character below U+0020; these three it leaves raw, yet
