@@ -2,12 +2,14 @@
 no one (a topic none of its connections wants). Every worker reads every notification, so
 this sets how many notifications per second a cluster can carry at all.
 
-    .venv/bin/python bench/fanin.py [--count 20000] [--rate 5000] [--rev REV]
+    bench/run fanin [--count 20000] [--rate 5000] [--json FILE]
 
 Starts its own redis-server and one gunicorn gevent worker on free loopback ports,
 XADDs ``count`` entries straight into the stream at ``rate`` per second (0: as fast as
-it can), waits until the worker is idle again, and prints the worker's CPU per entry.
-Everything it starts it stops.
+it can), waits until the worker is idle again, and prints the worker's CPU per entry and
+the ceiling that implies: a worker spending all of one core on following reads 1e6 / (µs per
+entry) entries a second, and since every worker reads every notification, that is what the
+whole cluster can carry, however many hosts it has. Everything it starts it stops.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import redis
 
+from bench import _sched_runtime
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -34,6 +38,10 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
+    """The worker's CPU to the ns (bench.py's reading of /proc/<pid>/task/*/sched)."""
+    exact = _sched_runtime(pid)
+    if exact is not None:
+        return exact
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -42,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--rate", type=int, default=5000, help="entries per second (0: as fast as possible)")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fanin-"))
     rport, port = free_port(), free_port()
@@ -91,9 +100,15 @@ def main() -> None:
             if now - last > 0.02:
                 idle_since, last = time.monotonic(), now
         used = cpu_seconds(worker) - before
+        per = used / args.count * 1e6
         print(f"fan-in: {args.count} entries at {args.count / sent:.0f}/s; worker CPU {used:.2f} s = "
-              f"{used / args.count * 1e6:.1f} us per notification followed, "
-              f"{used / sent * 100:.0f}% of a core while they came")
+              f"{per:.1f} us per notification followed, {used / sent * 100:.0f}% of a core while they came; "
+              f"ceiling: a worker (and so the whole cluster) follows at most {1e6 / per:,.0f}/s on a full core")
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "count": args.count, "rate": round(args.count / sent), "worker_cpu_s": round(used, 4),
+                "us_per_notification": round(per, 2), "core_share": round(used / sent, 4),
+                "ceiling_per_s": round(1e6 / per)}, indent=2))
     finally:
         for proc in reversed(procs):
             proc.terminate()
