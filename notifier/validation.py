@@ -56,16 +56,18 @@ def validate_batch(payload: list[Any]) -> list[dict[str, Any]]:
     if not 1 <= len(payload) <= MAX_BATCH:
         raise InvalidNotification(f"a batch holds 1 to {MAX_BATCH} notifications, got {len(payload)}")
     items = []
+    ts = now_iso()  # published together: one time for all
     for index, item in enumerate(payload):
         try:
-            items.append(validate_publish(item))
+            items.append(validate_publish(item, ts))
         except InvalidNotification as exc:
             raise exc.at(index) from None
     return items
 
 
-def validate_publish(payload: Any) -> dict[str, Any]:
-    """Check a publish body; return the notification's fields (all but the id), in wire order."""
+def validate_publish(payload: Any, ts: str | None = None) -> dict[str, Any]:
+    """Check a publish body; return the notification's fields (all but the id), in wire order,
+    stamped ``ts`` (default: now)."""
     if not isinstance(payload, dict):
         raise InvalidNotification("body must be a JSON object")
     if not _FIELDS.issuperset(payload):
@@ -88,7 +90,7 @@ def validate_publish(payload: Any) -> dict[str, Any]:
     if "data" in payload and not isinstance(data, dict):
         raise InvalidNotification("data must be a JSON object")
 
-    fields: dict[str, Any] = {"type": type_, "title": title or "", "message": message or "", "ts": now_iso()}
+    fields: dict[str, Any] = {"type": type_, "title": title or "", "message": message or "", "ts": ts or now_iso()}
     if user_id is not None:
         fields["user_id"] = user_id
     if topic is not None:

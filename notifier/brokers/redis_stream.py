@@ -14,6 +14,8 @@ def to_notification_id(stream_id: bytes | str) -> str:
     if isinstance(stream_id, bytes):
         stream_id = stream_id.decode()
     ms, _, seq = stream_id.partition("-")
+    if len(ms) == 13 and len(seq) <= 6 and ms.isdigit() and seq.isdigit():  # every id until 2286
+        return f"{ms}-{seq:0>6}"
     return format_id(int(ms), int(seq))
 
 
