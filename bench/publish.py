@@ -168,7 +168,7 @@ def main() -> None:
                    "us_per_notification": statistics.median(x["us_per_notification"] for x in mine),
                    "requests_per_s": statistics.median(x["requests_per_s"] for x in mine),
                    "x_floor": round(req / floor[rev], 2) if rev in floor and not mine[0]["batch"] else None,
-                   "redis_us_per_notification": statistics.median(x["redis_us_per_notification"] for x in mine)
+                   "redis_us_per_notification": round(statistics.median(x["redis_us_per_notification"] for x in mine), 2)
                    if mine[0]["redis_us_per_notification"] is not None else None,
                    "load_cpu_share": statistics.median(x["load_cpu_share"] for x in mine)}
             rows.append(row)
