@@ -9,6 +9,7 @@ when it comes back (Redis restarted empty, or trimmed past it), it reports a gap
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 import time
@@ -94,6 +95,10 @@ class RedisBroker(Broker):
         # serves history reads and the rest.
         self._publisher = ScriptPipeline(lambda: pool.connection_class(**pool.connection_kwargs),
                                          timeout=3.0)
+        # Each publish's token: unique to this broker (a random part, drawn once) and publish
+        # (a counter), without a system call for randomness per publish.
+        self.token_prefix = f"{settings.prefix}:published:{secrets.token_hex(8)}:"
+        self._tokens = itertools.count()
         self._follower: Task | None = None
         self._generation = 0  # the follower of this generation delivers; stop() or start() ends older ones
         self._following = False
@@ -118,7 +123,7 @@ class RedisBroker(Broker):
         now = time.time()
         rate_key = f"{self.prefix}:rate:{publisher}:{int(now)}" if publisher is not None else ""
         idem_key = f"{self.prefix}:idem:{idempotency.name}" if idempotency is not None else ""
-        keys = (self.stream, f"{self.prefix}:published:{secrets.token_hex(12)}", rate_key, idem_key)
+        keys = (self.stream, f"{self.token_prefix}{next(self._tokens)}", rate_key, idem_key)
         args = [self.history_size, TOKEN_TTL, self.publish_rate,
                 idempotency.fingerprint if idempotency else "", idempotency.ttl if idempotency else 0]
         for entry in entries:
