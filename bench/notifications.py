@@ -252,6 +252,12 @@ class Run:
         if col.lat:
             slow = sorted(zip(col.lat, col.seqs), reverse=True)[:5]
             row["slowest"] = [{"seq": s, "sent_at_s": round(s / rate, 2), "ms": round(v / 1000, 2)} for v, s in slow]
+            # the worst latency of the notifications sent in each second of the phase: stalls show here
+            worst = [0] * (int((m - 1) / rate) + 1)
+            for v, s in zip(col.lat, col.seqs):
+                k = int(s / rate)
+                worst[k] = max(worst[k], v)
+            row["max_ms_by_second"] = [round(v / 1000, 1) for v in worst]
         row["errors"] = dict(errors)
         row["error_count"] = sum(errors.values())
         why = []
