@@ -53,6 +53,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="gunicorn workers")
     p.add_argument("--rate", type=float, default=500.0, help="notifications per second (without --find-max)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of publishing (without --find-max)")
+    p.add_argument("--calibrate", type=float, default=5.0,
+                   help="seconds of publishing at --rate to users no one is connected as, before the paced "
+                        "phase, for the cost of a publish without its delivery (0: skip; not with --find-max)")
     p.add_argument("--publishers", type=int, default=8, help="keep-alive connections the paced publishes share")
     p.add_argument("--find-max", action="store_true",
                    help="step the rate up (--steps) until a step fails, then bisect (--refine)")
@@ -179,34 +182,48 @@ class Run:
                 return
             prev = cores
 
-    async def phase(self, label: str, rate: float, duration: float) -> dict:
-        """Publish rate × duration notifications, each to a random open user, and measure."""
+    async def phase(self, label: str, rate: float, duration: float, nobody: bool = False) -> dict:
+        """Publish rate × duration notifications, each to a random open user, and measure.
+
+        ``nobody``: to users no one is connected as instead (each worker's follower skips
+        them unread), so the server's CPU is what publishing costs without the delivery.
+        """
         cfg, col, server = self.cfg, self.col, self.server
         await self.idle()
         await asyncio.sleep(cfg.pause)
         open_idx = [s.index for s in col.subs if s.state == lg.OPEN]
         m = max(1, round(rate * duration))
         row = {"label": label, "rate": rate, "duration_s": duration, "notifications": m,
-               "subscribers_open": len(open_idx), "errors": {}}
-        if not open_idx:
+               "subscribers_open": len(open_idx), "to_nobody": nobody, "errors": {}}
+        if not open_idx and not nobody:
             row["errors"]["no subscriber open"] = 1
             row["error_count"], row["ok"], row["why"] = 1, False, ["no subscriber open"]
             self.phases.append(row)
             return row
-        targets = array("l", self.rng.choices(open_idx, k=m))
+        if nobody:
+            targets = array("l", [-1]) * m  # no subscriber's index: anything that arrives is misdelivered
 
-        def body(phase: int, seq: int) -> bytes:
-            return lg.user_notification_body(phase, seq, f"u{targets[seq]}")
+            def body(phase: int, seq: int) -> bytes:
+                return lg.user_notification_body(phase, seq, f"nobody{seq}")
+        else:
+            targets = array("l", self.rng.choices(open_idx, k=m))
+
+            def body(phase: int, seq: int) -> bytes:
+                return lg.user_notification_body(phase, seq, f"u{targets[seq]}")
 
         errors0 = Counter(col.errors)
         col.start_phase(m, targets)
         before = b.snapshot(server, self.redis)
         pub = await lg.publish_paced(col, server.port, m, rate, pool=cfg.publishers, key=self.key, body=body)
-        col.set_accepted(len(pub.accepted))
-        complete = await lg.wait_delivered(col, stall=cfg.stall, cap=cfg.cap)
+        if nobody:
+            await asyncio.sleep(0.3)  # the follower reads (and skips) the last ones
+            complete = True
+        else:
+            col.set_accepted(len(pub.accepted))
+            complete = await lg.wait_delivered(col, stall=cfg.stall, cap=cfg.cap)
         d = b.delta(before, b.snapshot(server, self.redis))
 
-        lost, users_with_loss = lg.losses(col, pub.accepted)
+        lost, users_with_loss = lg.losses(col, pub.accepted) if not nobody else (0, 0)
         accepted = len(pub.accepted)
         errors = col.errors - errors0
         errors.update(pub.errors)
@@ -265,7 +282,7 @@ class Run:
             why.append("errors")
         if lost or col.dup or col.misdelivered or not complete:
             why.append("lost/dup/misdelivered" if (lost or col.dup or col.misdelivered) else "incomplete")
-        if lat["p99"] is None or lat["p99"] >= cfg.p99_limit:
+        if not nobody and (lat["p99"] is None or lat["p99"] >= cfg.p99_limit):
             why.append(f"p99 ≥ {cfg.p99_limit:g} ms")
         if lag["p99"] is not None and lag["p99"] >= cfg.p99_limit:
             why.append(f"publishes late ≥ {cfg.p99_limit:g} ms (p99)")
@@ -381,9 +398,24 @@ def table(rows: list[dict], markdown: bool) -> str:
     return "\n".join(lines)
 
 
-def summary(result: dict | None) -> str:
-    if not result:
-        return ""
+def summary(result: dict | None, setup: dict, phases: list[dict]) -> str:
+    idle = setup.get("idle")
+    lines = []
+    if idle:
+        lines.append(f"Idle (everyone connected, nothing published): the server used {idle['server_cores']:.1%} of a "
+                     f"core ({idle['server_us_per_subscriber_s']} µs per subscriber per second: heartbeats).")
+    for r in phases:
+        if r.get("delivery_us_per_notification") is not None:
+            lines.append(f"{r['label'].capitalize()} {r['rate']:g}/s: {r['server_cpu_net_us_per_notification']} µs "
+                         f"server CPU per notification less idle; publishing alone (to users nobody is connected "
+                         f"as, same rate) {r['publish_only_us']} µs; the difference, what the delivery adds: "
+                         f"{r['delivery_us_per_notification']} µs (run to run, these move by ±20%).")
+    if result:
+        lines.append(find_max_summary(result))
+    return "\n\n".join(lines)
+
+
+def find_max_summary(result: dict) -> str:
     lo, hi = result["max_sustained_rate"], result["first_failing_rate"]
     text = (f"Highest rate sustained by {result['workers']} worker(s) (p99 publish→deliver and p99 publish "
             f"lateness < {result['p99_limit_ms']:g} ms, nothing lost, no error): "
@@ -437,7 +469,7 @@ def write_results(cfg: argparse.Namespace, meta: dict, setup: dict, phases: list
         "",
         table(phases, markdown=True),
         "",
-        summary(result),
+        summary(result, setup, phases),
         "",
         "## Errors, losses, server log",
         "",
@@ -502,7 +534,16 @@ async def run(cfg: argparse.Namespace, argv: list[str]) -> int:
         if cfg.find_max:
             result = await r.find_max()
         else:
-            await r.phase("paced", cfg.rate, cfg.duration)
+            cal = await r.phase("to nobody", cfg.rate, cfg.calibrate, nobody=True) if cfg.calibrate > 0 else None
+            row = await r.phase("paced", cfg.rate, cfg.duration)
+            net, cal_net = row.get("server_cpu_net_us_per_notification"), (cal or {}).get(
+                "server_cpu_net_us_per_notification")
+            if net is not None and cal_net is not None:
+                # what the delivery adds to a publish: the follower decoding and dispatching it, the write
+                row["publish_only_us"] = cal_net
+                row["delivery_us_per_notification"] = round(net - cal_net, 1)
+                log(f"of {net} µs per notification (less idle), publishing to nobody costs {cal_net} µs: "
+                    f"the delivery adds {row['delivery_us_per_notification']} µs")
     except (asyncio.CancelledError, KeyboardInterrupt):
         log("interrupted or timed out: stopping what this run started")
         setup.setdefault("errors", {})["interrupted or timed out"] = 1
@@ -525,9 +566,10 @@ async def run(cfg: argparse.Namespace, argv: list[str]) -> int:
     jpath, mpath = write_results(cfg, meta, setup, r.phases, result, problems)
     print()
     print(table(r.phases, markdown=False))
-    if result:
+    text = summary(result, setup, r.phases).replace("**", "")
+    if text:
         print()
-        print(summary(result).replace("**", ""))
+        print(text)
     print(f"\nload average: start {meta['machine']['loadavg_at_start']}, end {meta['loadavg_at_end']}")
     print(f"wrote {jpath.relative_to(b.ROOT) if jpath.is_relative_to(b.ROOT) else jpath} and {mpath.name}")
     if status == 0 and any(p.get("lost") or p.get("duplicates") or p.get("misdelivered") for p in r.phases):
