@@ -581,7 +581,7 @@ GIVE_UP = 3
 """Publishes left unanswered (10 s each) before a phase stops trying: a stuck server must not hang the run."""
 
 
-async def sync_users(col: Collector, port: int, user_of, spread: float = 15.0, batch: int = 500,
+async def sync_users(col: Collector, port: int, user_of, spread: float = 15.0, batch: int = 100,
                      tries: int = 5, wait: float = 3.0, key: str | None = None) -> int:
     """Publish a sync notification to each open subscriber's own user (``user_of(index)``)
     until every one got its own; the number still missing.
@@ -590,7 +590,8 @@ async def sync_users(col: Collector, port: int, user_of, spread: float = 15.0, b
     then again to whoever is still missing. Unlike one broadcast, this confirms each user's
     routing, and it leaves the connections' last writes as spread out as before: notifier
     times each connection's heartbeat from its last write, so after one broadcast to all of
-    them, all of them ping at once a heartbeat later.
+    them, all of them ping at once a heartbeat later (batches of 100 over 15 s: 100 pings
+    together every 0.15 s, ~10 ms of a worker's time).
     """
     pub = Publisher(port, key=key)
     loop = asyncio.get_running_loop()
