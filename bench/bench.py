@@ -224,7 +224,8 @@ class Redis:
 class Server:
     """The server under test: gunicorn (gevent worker) running notifier or a peer app."""
 
-    def __init__(self, peer: str, workers: int, redis: Redis, logfile: Path, worker_connections: int | None) -> None:
+    def __init__(self, peer: str, workers: int, redis: Redis, logfile: Path, worker_connections: int | None,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.peer, self.workers, self.redis, self.logfile = peer, workers, redis, logfile
         self.port = free_port()
         env = {k: v for k, v in os.environ.items()
@@ -240,6 +241,7 @@ class Server:
                        NOTIFIER_PUBLISH_RATE="1000000")
             if worker_connections:
                 env["NOTIFIER_WORKER_CONNECTIONS"] = str(worker_connections)
+            env.update(extra_env or {})
         else:
             app = {"flask-sse": "flask_sse_app:app", "socketio": "socketio_app:app"}[peer]
             # the same gunicorn settings as notifier's gunicorn.conf.py, where they matter here

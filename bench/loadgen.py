@@ -17,6 +17,10 @@ same clock). Receipt time is the kernel's (``SO_TIMESTAMPNS``): when the bytes r
 the subscriber's socket, so a busy load process does not inflate the latency; how long
 this process then took to read them is kept apart (``lag``). ``s|<n>|0|0|`` markers are sync notifications, sent only to learn that
 every subscriber is registered; they are never counted.
+
+A phase is either a broadcast (every subscriber should get every notification) or
+targeted (``Collector.start_phase(m, targets)``): notification ``seq`` is for the one
+subscriber whose ``index`` is ``targets[seq]``, so it must arrive exactly once, there.
 """
 from __future__ import annotations
 
@@ -75,21 +79,36 @@ class Collector:
         self.last_us = 0
         self.done: asyncio.Event | None = None
         self.sync_target = 0
+        self.targets: array | None = None
+        self.got = bytearray(0)  # a targeted phase: which seqs arrived (at the right subscriber or not)
+        self.misdelivered = 0
 
     def error(self, kind: str) -> None:
         self.errors[kind] += 1
 
-    def start_phase(self, m: int) -> None:
-        """Count a new set of ``m`` notifications (seq 0..m-1) from now on."""
+    def start_phase(self, m: int, targets: array | None = None) -> None:
+        """Count a new set of ``m`` notifications (seq 0..m-1) from now on.
+
+        ``targets``: a targeted phase, notification ``seq`` is for the subscriber whose
+        ``index`` is ``targets[seq]`` (the caller picks open ones) and no other.
+        """
         self.phase += 1
         self.phase_b = str(self.phase).encode()
         self.m = m
-        self.received = self.dup = self.stray = 0
+        self.received = self.dup = self.stray = self.misdelivered = 0
+        self.targets = targets
         self.lat = array("q")
         self.seqs = array("l")
         self.lag = array("q")
         self.last_us = 0
         self.done = asyncio.Event()
+        if targets is not None:
+            # one delivery per seq in all: one shared table instead of one per subscriber
+            self.got = bytearray(m)
+            for s in self.subs:
+                s.got = self.got
+            self.expected = m
+            return
         live = 0
         for s in self.subs:
             if s.state == OPEN:
@@ -100,8 +119,11 @@ class Collector:
         self.expected = live * m
 
     def set_accepted(self, accepted: int) -> None:
-        counted = sum(1 for s in self.subs if len(s.got) == self.m and self.m)
-        self.expected = counted * accepted
+        if self.targets is not None:
+            self.expected = accepted
+        else:
+            counted = sum(1 for s in self.subs if len(s.got) == self.m and self.m)
+            self.expected = counted * accepted
         self.check_done()
 
     def check_done(self) -> None:
@@ -180,6 +202,7 @@ class Sub:
         self.synced = 0
         self.closing = False
         self.ts_us = 0
+        self.index = -1  # its place among the subscribers open_subs opened (targeted phases)
         self.opened: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def connect(self, port: int) -> None:
@@ -287,6 +310,7 @@ class Sub:
         got = self.got
         lat = col.lat
         seqs = col.seqs
+        targets = col.targets
         n = 0
         for kind, ph, seq, t in found:
             if kind == b"s":
@@ -300,6 +324,8 @@ class Sub:
                 col.dup += 1
             else:
                 got[s] = 1
+                if targets is not None and targets[s] != self.index:
+                    col.misdelivered += 1
                 lat.append(now - int(t))
                 seqs.append(s)
                 n += 1
@@ -414,33 +440,38 @@ class SseSub(Sub):
 # Opening and closing subscribers
 # --------------------------------------------------------------------------------
 
-def make_sub(col: Collector, peer: str, transport: str, port: int) -> Sub:
+def make_sub(col: Collector, peer: str, transport: str, port: int, query: str = "") -> Sub:
+    """``query``: a query string for notifier's /ws or /events (e.g. ``token=...``)."""
     host = f"127.0.0.1:{port}"
+    q = "?" + query if query else ""
     if transport == "ws":
         if peer == "socketio":
             return WsSub(col, host, "/socket.io/?EIO=4&transport=websocket", eio=True)
-        return WsSub(col, host, "/ws")
-    return SseSub(col, host, "/events", early_headers=(peer != "flask-sse"))
+        return WsSub(col, host, "/ws" + q)
+    return SseSub(col, host, "/events" + q, early_headers=(peer != "flask-sse"))
 
 
 async def open_subs(col: Collector, peer: str, transport: str, port: int, n: int,
-                    concurrency: int = 200, timeout: float = 30.0, budget: float = 120.0) -> list[Sub]:
+                    concurrency: int = 200, timeout: float = 30.0, budget: float = 120.0,
+                    queries: list[str] | None = None) -> list[Sub]:
     """Open ``n`` subscribers, at most ``concurrency`` handshakes at a time; failures are counted.
 
     A connection that is not open within ``timeout`` s counts as an error; after ``budget``
     s in all, the rest are not tried (counted too), so a server that stalls cannot hang the run.
+    ``queries[i]``: the i-th subscriber's query string (its token); it gets ``index`` i.
     """
     loop = asyncio.get_running_loop()
     sem = asyncio.Semaphore(concurrency)
     subs: list[Sub] = []
     deadline = time.monotonic() + budget
 
-    async def one() -> None:
+    async def one(i: int) -> None:
         async with sem:
             if time.monotonic() > deadline:
                 col.error("not tried: connect budget spent")
                 return
-            sub = make_sub(col, peer, transport, port)
+            sub = make_sub(col, peer, transport, port, queries[i] if queries else "")
+            sub.index = i
             subs.append(sub)
             try:
                 await asyncio.wait_for(sub.connect(port), timeout)
@@ -451,7 +482,7 @@ async def open_subs(col: Collector, peer: str, transport: str, port: int, n: int
                 if not sub.closing:  # fail() already counted its own reason
                     sub.fail(f"connect: {exc.strerror or exc}")
 
-    await asyncio.gather(*(one() for _ in range(n)))
+    await asyncio.gather(*(one(i) for i in range(n)))
     col.subs.extend(subs)
     return subs
 
@@ -470,10 +501,10 @@ async def close_subs(col: Collector) -> None:
 class Publisher:
     """One keep-alive HTTP/1.1 connection that POSTs JSON to /notify."""
 
-    def __init__(self, port: int, path: str = "/notify", headers: str = "") -> None:
+    def __init__(self, port: int, path: str = "/notify", key: str | None = None) -> None:
         self.port = port
         self.path = path
-        self.headers = headers  # extra header lines, each ending in \r\n
+        self.auth = f"Authorization: Bearer {key}\r\n" if key else ""  # a publisher key (NOTIFIER_API_KEYS)
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -482,7 +513,7 @@ class Publisher:
         if self.writer is None or self.writer.is_closing():
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         head = (f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
-                f"Content-Type: application/json\r\n{self.headers}Content-Length: {len(body)}\r\n\r\n").encode()
+                f"{self.auth}Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
         self.writer.write(head + body)
         try:
             raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
@@ -514,13 +545,18 @@ def notification_body(phase: int, seq: int) -> bytes:
     return (b'{"title":"bench","message":"b|%d|%d|%d|"}' % (phase, seq, now_us()))
 
 
+def user_notification_body(phase: int, seq: int, user: str) -> bytes:
+    """For one user (``user_id``): only that user's connections get it."""
+    return (b'{"title":"bench","message":"b|%d|%d|%d|","user_id":"%s"}' % (phase, seq, now_us(), user.encode()))
+
+
 def sync_body(n: int) -> bytes:
     return b'{"title":"bench sync","message":"s|%d|0|0|"}' % n
 
 
-async def sync(col: Collector, port: int, tries: int = 10, wait: float = 3.0) -> int:
+async def sync(col: Collector, port: int, tries: int = 10, wait: float = 3.0, key: str | None = None) -> int:
     """Publish sync notifications until every open subscriber got one; the number still missing."""
-    pub = Publisher(port)
+    pub = Publisher(port, key=key)
     try:
         for _ in range(tries):
             col.sync_target += 1
@@ -545,6 +581,48 @@ GIVE_UP = 3
 """Publishes left unanswered (10 s each) before a phase stops trying: a stuck server must not hang the run."""
 
 
+async def sync_users(col: Collector, port: int, user_of, spread: float = 15.0, batch: int = 100,
+                     tries: int = 5, wait: float = 3.0, key: str | None = None) -> int:
+    """Publish a sync notification to each open subscriber's own user (``user_of(index)``)
+    until every one got its own; the number still missing.
+
+    Batches (``POST /notify`` with an array of ``batch``) go out evenly over ``spread`` s,
+    then again to whoever is still missing. Unlike one broadcast, this confirms each user's
+    routing, and it leaves the connections' last writes as spread out as before: notifier
+    times each connection's heartbeat from its last write, so after one broadcast to all of
+    them, all of them ping at once a heartbeat later (batches of 100 over 15 s: 100 pings
+    together every 0.15 s, ~10 ms of a worker's time).
+    """
+    pub = Publisher(port, key=key)
+    loop = asyncio.get_running_loop()
+    try:
+        for attempt in range(tries):
+            missing = [s for s in col.subs if s.state == OPEN and s.synced == 0]
+            if not missing:
+                return 0
+            col.sync_target += 1
+            chunks = [missing[i:i + batch] for i in range(0, len(missing), batch)]
+            gap = spread / len(chunks) if attempt == 0 else 0.0
+            t0 = loop.time()
+            for k, chunk in enumerate(chunks):
+                delay = t0 + k * gap - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                body = b"[" + b",".join(b'{"title":"bench sync","message":"s|%d|0|0|","user_id":"%s"}'
+                                        % (col.sync_target, user_of(s.index).encode()) for s in chunk) + b"]"
+                status = await pub.post(body, timeout=30.0)
+                if status not in OK:
+                    col.error(f"sync publish HTTP {status}" if status else "sync publish: no answer")
+            deadline = loop.time() + wait
+            while loop.time() < deadline:
+                if not any(s.state == OPEN and s.synced == 0 for s in col.subs):
+                    return 0
+                await asyncio.sleep(0.05)
+        return sum(1 for s in col.subs if s.state == OPEN and s.synced == 0)
+    finally:
+        pub.close()
+
+
 class Published:
     """What a publish phase sent: accepted seqs, error statuses, first send time, lateness."""
 
@@ -552,8 +630,10 @@ class Published:
         self.accepted: list[int] = []
         self.errors: Counter = Counter()
         self.first_us = 0
+        self.last_us = 0
         self.worst_late_s = 0.0
         self.unanswered = 0
+        self.send_lag = array("q")  # paced: µs from each publish's scheduled time to its send
 
     def record(self, seq: int, status: int) -> None:
         if status in OK:
@@ -587,10 +667,17 @@ async def publish_burst(col: Collector, port: int, m: int, publishers: int = 4) 
     return out
 
 
-async def publish_paced(col: Collector, port: int, m: int, rate: float, pool: int = 8) -> Published:
-    """POST ``m`` notifications at ``rate`` per second on a fixed schedule (not after each answer)."""
+async def publish_paced(col: Collector, port: int, m: int, rate: float, pool: int = 8, key: str | None = None,
+                        body=notification_body) -> Published:
+    """POST ``m`` notifications at ``rate`` per second on a fixed schedule (not after each answer).
+
+    ``pool`` keep-alive connections; a publish whose time has come waits for a free one, and
+    that wait (plus this loop's own lateness) is kept per publish in ``send_lag``: the stamp
+    in the body is taken at the send, so a server that answers too slowly for the rate shows
+    there, not in the latency. ``body(phase, seq)`` makes each request body.
+    """
     free: asyncio.Queue = asyncio.Queue()
-    pubs = [Publisher(port) for _ in range(pool)]
+    pubs = [Publisher(port, key=key) for _ in range(pool)]
     for p in pubs:
         free.put_nowait(p)
     out = Published()
@@ -599,13 +686,16 @@ async def publish_paced(col: Collector, port: int, m: int, rate: float, pool: in
     t0 = loop.time() + 0.05
     tasks = []
 
-    async def one(seq: int) -> None:
+    async def one(seq: int, target: float) -> None:
         p = await free.get()
         try:
             if out.unanswered >= GIVE_UP:
                 out.errors["publish: not sent (server stopped answering)"] += 1
                 return
-            out.record(seq, await p.post(notification_body(phase, seq)))
+            out.send_lag.append(int((loop.time() - target) * 1e6))
+            data = body(phase, seq)
+            out.last_us = now_us()
+            out.record(seq, await p.post(data))
         finally:
             free.put_nowait(p)
 
@@ -618,7 +708,7 @@ async def publish_paced(col: Collector, port: int, m: int, rate: float, pool: in
             out.worst_late_s = max(out.worst_late_s, loop.time() - target)
             if seq == 0:
                 out.first_us = now_us()
-            tasks.append(asyncio.ensure_future(one(seq)))
+            tasks.append(asyncio.ensure_future(one(seq, target)))
         await asyncio.gather(*tasks)
     finally:
         for p in pubs:
@@ -647,6 +737,9 @@ async def wait_delivered(col: Collector, stall: float = 10.0, cap: float = 120.0
 def losses(col: Collector, accepted: list[int]) -> tuple[int, int]:
     """(lost deliveries, subscribers with any loss) over the accepted seqs, among the
     subscribers open when the phase began (one closed since then loses what it missed)."""
+    if col.targets is not None:
+        missing = [i for i in accepted if not col.got[i]]
+        return len(missing), len({col.targets[i] for i in missing})
     lost = subs_with_loss = 0
     everything = len(accepted) == col.m
     for s in col.subs:

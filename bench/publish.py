@@ -49,7 +49,7 @@ def body(seq: int, batch: int) -> bytes:
 
 async def post_all(port: int, bodies: list[bytes], publishers: int) -> tuple[int, dict[int, int]]:
     """Post every body over ``publishers`` keep-alive connections; (requests, statuses)."""
-    pubs = [lg.Publisher(port, headers=f"Authorization: Bearer {KEY}\r\n") for _ in range(publishers)]
+    pubs = [lg.Publisher(port, key=KEY) for _ in range(publishers)]
     statuses: dict[int, int] = {}
     it = iter(bodies)
 
