@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import socket
+import time
 
 import pytest
 import requests
@@ -240,3 +242,36 @@ def test_wire_json_never_carries_a_character_that_splits_lines(server):
     assert body["title"] == tricky and body["data"] == {"k": tricky}
     history = requests.get(server.url + "/notifications", timeout=5).text
     assert len(history.splitlines()) == 1
+
+
+def test_keepalives_after_a_broadcast_are_spread_not_all_at_once(server):
+    """A broadcast wakes every connection at once; their next keepalives must not then fall
+    in the same instant (10,000 of them together stall a worker): the idle wait is jittered."""
+    socks = []
+    try:
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+            socks.append(s)
+        nid = publish(server.url, title="wake everyone")
+        for s in socks:  # read up to the broadcast: from here each connection is idle
+            buf = b""
+            while nid.encode() not in buf:
+                chunk = s.recv(65536)
+                assert chunk, "stream ended"
+                buf += chunk
+        woke = time.monotonic()
+        arrived: dict[socket.socket, float] = {}
+        deadline = woke + HEARTBEAT * 3
+        while len(arrived) < len(socks) and time.monotonic() < deadline:
+            ready, _, _ = select.select([s for s in socks if s not in arrived], [], [], 0.5)
+            for s in ready:
+                if b"keepalive" in s.recv(65536):
+                    arrived[s] = time.monotonic() - woke
+        assert len(arrived) == len(socks), f"{len(socks) - len(arrived)} got no keepalive in {HEARTBEAT * 3}s"
+        times = sorted(arrived.values())
+        assert times[-1] <= HEARTBEAT + 0.5
+        assert times[-1] - times[0] >= 0.05, f"keepalives all within {times[-1] - times[0]:.3f}s: {times}"
+    finally:
+        for s in socks:
+            s.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from random import random
 from typing import Any, Callable, Iterator, Sequence
 
 from ..core.closing import POLICY
@@ -28,6 +29,8 @@ MAX_BATCH = 256
 """Most queued items drained into one write."""
 CUT_GRACE = 2.0
 """Seconds a writer that was closed mid-write gets to end before its socket is shut."""
+JITTER = 0.25
+"""Idle waits last the heartbeat less up to this share of it, drawn anew each time."""
 WAKE = object()
 """Queue item that only wakes the loop (to close, or to read what the client sent)."""
 
@@ -186,10 +189,15 @@ class SocketWriter:
                 return chunks, floor
 
     def _wait_time(self, heartbeat: float) -> float:
-        """The heartbeat, or less if the token expires sooner."""
+        """The heartbeat, jittered down by up to a quarter, or less if the token expires sooner.
+
+        A broadcast wakes every connection at once; without jitter all of them would be
+        idle for exactly the heartbeat and ping in the same instant (10,000 at once cost a
+        worker over a second of CPU and held notifications back that long)."""
+        wait = heartbeat * (1.0 - JITTER * random())
         if self.expires_at is None:
-            return heartbeat
-        return max(0.0, min(heartbeat, self.expires_at - time.time()))
+            return wait
+        return max(0.0, min(wait, self.expires_at - time.time()))
 
     def _expire_if_due(self) -> bool:
         if self.expires_at is not None and time.time() >= self.expires_at:
