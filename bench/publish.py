@@ -9,8 +9,8 @@ Cases (each a fresh server, 1 gevent worker, notifier's gunicorn settings, a pub
   ``jsonify``, 202). Whatever notifier costs above it is notifier's own.
 - ``memory`` / ``redis``: notifier's POST /notify, one notification a request, with the
   in-process broker / through a private redis-server.
-- ``memory-batch`` / ``redis-batch``: arrays of ``--batch`` notifications a request;
-  reported per notification.
+- ``floor-batch`` / ``memory-batch`` / ``redis-batch``: arrays of ``--batch`` notifications
+  a request; reported per notification (the floor app parses the array and answers 202).
 
 ``--publishers`` keep-alive connections post back to back; the server's CPU (master +
 worker) over the measured requests ÷ requests (÷ notifications for batches) is the
@@ -37,7 +37,7 @@ import bench as b
 import loadgen as lg
 
 KEY = "bench-publisher-key"
-CASES = ("floor", "memory", "redis", "memory-batch", "redis-batch")
+CASES = ("floor", "memory", "redis", "floor-batch", "memory-batch", "redis-batch")
 
 
 def body(seq: int, batch: int) -> bytes:
@@ -84,10 +84,10 @@ def run_case(case: str, source: Path, args: argparse.Namespace, workdir: Path) -
     server = b.Server("notifier", 1, redis, workdir / f"{case}.log", None)
     server.cwd = source
     server.env["NOTIFIER_API_KEYS"] = KEY
-    if case == "floor":
+    if case.startswith("floor"):
         server.cmd = [*server.cmd[:3], "floor_app:app", "-c", "gunicorn.conf.py",
                       "--pythonpath", str(b.BENCH / "peers")]
-    if case in ("floor", "memory", "memory-batch"):
+    if case in ("floor", "memory", "floor-batch", "memory-batch"):
         del server.env["REDIS_URL"]
         server.peer = case  # no Redis follower to wait for
     try:
@@ -158,16 +158,19 @@ def main() -> None:
         for proc in b.STARTED:
             b.stop_process(proc, 5)
     rows = []
-    floor = {rev: statistics.median(x["us_per_request"] for x in results if x["case"] == "floor" and x["rev"] == rev)
-             for rev in revs if any(x["case"] == "floor" and x["rev"] == rev for x in results)}
+    # The floor of each kind of request (single, batch), per revision.
+    floor = {(kind, rev): statistics.median(x["us_per_request"] for x in results if x["case"] == kind and x["rev"] == rev)
+             for kind in ("floor", "floor-batch") for rev in revs
+             if any(x["case"] == kind and x["rev"] == rev for x in results)}
     for case in cases:
         for rev in revs:
             mine = [x for x in results if x["case"] == case and x["rev"] == rev]
             req = statistics.median(x["us_per_request"] for x in mine)
+            base = floor.get(("floor-batch" if mine[0]["batch"] else "floor", rev))
             row = {"case": case, "rev": rev, "us_per_request": req,
                    "us_per_notification": statistics.median(x["us_per_notification"] for x in mine),
                    "requests_per_s": statistics.median(x["requests_per_s"] for x in mine),
-                   "x_floor": round(req / floor[rev], 2) if rev in floor and not mine[0]["batch"] else None,
+                   "x_floor": round(req / base, 2) if base else None,
                    "redis_us_per_notification": round(statistics.median(x["redis_us_per_notification"] for x in mine), 2)
                    if mine[0]["redis_us_per_notification"] is not None else None,
                    "load_cpu_share": statistics.median(x["load_cpu_share"] for x in mine)}
