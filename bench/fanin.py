@@ -6,7 +6,7 @@ this sets how many notifications per second a cluster can carry at all.
 
 Starts its own redis-server and one gunicorn gevent worker on free loopback ports,
 XADDs ``count`` entries straight into the stream at ``rate`` per second (0: as fast as
-it can), waits until the worker is idle again, and prints the worker's CPU per entry and
+it can), one at a time evenly spaced (or ``--step`` at a time), waits until the worker is idle again, and prints the worker's CPU per entry and
 the ceiling that implies: a worker spending all of one core on following reads 1e6 / (µs per
 entry) entries a second, and since every worker reads every notification, that is what the
 whole cluster can carry, however many hosts it has. Everything it starts it stops.
@@ -50,6 +50,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--rate", type=int, default=5000, help="entries per second (0: as fast as possible)")
+    parser.add_argument("--step", type=int, default=1,
+                        help="entries per XADD round trip, spaced evenly (1: one by one, as separate publishers "
+                             "send them; 100: in bursts)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fanin-"))
@@ -84,7 +87,7 @@ def main() -> None:
                                    "ts": "2026-11-28T00:00:00.000Z"}, separators=(",", ":"))}
         before = cpu_seconds(worker)
         started = time.monotonic()
-        step = 100
+        step = args.step
         for i in range(0, args.count, step):
             with client.pipeline(transaction=False) as pipe:
                 for _ in range(step):
