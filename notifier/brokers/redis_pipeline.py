@@ -15,6 +15,11 @@ from typing import Any, Callable
 
 import redis
 
+try:
+    from hiredis import pack_command
+except ImportError:  # redis-py without its C parser: its own packer below
+    pack_command = None
+
 from .redis_script import PUBLISH_ONCE, PUBLISH_ONCE_SHA
 
 WAIT_MARGIN = 3.0
@@ -130,7 +135,7 @@ class ScriptPipeline:
         """Send every call at once, hand out the replies in order; the calls Redis lacked the script for."""
         missing: list[_Call] = []
         try:
-            conn.send_packed_command(conn.pack_commands([call.command for call in batch]), check_health=False)
+            conn.send_packed_command(self._pack(conn, batch), check_health=False)
         except (redis.ConnectionError, redis.TimeoutError) as exc:  # part of it may have gone out
             self.close()
             for call in batch:
@@ -149,6 +154,14 @@ class ScriptPipeline:
                     rest.finish(error=exc)
                 return []
         return missing
+
+    @staticmethod
+    def _pack(conn: Any, batch: list[_Call]) -> Any:
+        """The calls in Redis's protocol: hiredis packs a call's hundreds of arguments in C
+        (redis-py's packer first walks them in Python)."""
+        if pack_command is None:
+            return conn.pack_commands([call.command for call in batch])
+        return [b"".join([pack_command(call.command) for call in batch])]
 
     def _connection(self) -> Any:
         if self._conn is None:
