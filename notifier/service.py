@@ -68,8 +68,11 @@ class Service:
         The first invalid item of a batch raises its error with its ``index``. A
         ``publisher`` is held to the publish rate (TooManyRequests when over it). With an
         ``idempotency_key`` seen before from the same publisher, nothing is published again
-        and the first ids come back (``replayed``). ``start=False`` publishes without
-        following the broker (a CLI process has no subscribers of its own).
+        and the first ids come back (``replayed``). ``start=False`` publishes as a client
+        of the broker, not as a server: without following it (a CLI process has no
+        subscribers of its own) and without counting it in ``notifier_published_total``
+        (which counts what servers accepted; nothing scrapes a CLI process, and this keeps
+        prometheus_client out of it).
         """
         items = validate_batch(payload) if isinstance(payload, list) else [validate_publish(payload)]
         entries = [self._entry(fields, i if isinstance(payload, list) else None) for i, fields in enumerate(items)]
@@ -78,7 +81,8 @@ class Service:
             self.start()
         published = self.broker.publish(entries, publisher, once)
         if not published.replayed:
-            metrics.published(len(items))
+            if start:
+                metrics.published(len(items))
             for listener in list(self.listeners):
                 for fields, notification_id in zip(items, published.ids):
                     listener(fields, notification_id)
