@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import metrics
 from .brokers import create_broker
@@ -18,8 +18,10 @@ from .brokers.base import Entry
 from .errors import InvalidNotification, PayloadTooLarge, TooManyRequests, WorkerFull
 from .idempotency import Published, idempotency
 from .runtime import Runtime, detect
-from .transports.socket_writer import SocketWriter
 from .validation import validate_batch, validate_publish
+
+if TYPE_CHECKING:
+    from .transports.socket_writer import SocketWriter
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,8 @@ class Service:
 
     def writer(self, wire: str, expires_at: float | None = None) -> SocketWriter:
         """A new connection's writer: its send queue, sized by NOTIFIER_QUEUE_SIZE."""
+        from .transports.socket_writer import SocketWriter  # with the first connection: a CLI makes none
+
         return SocketWriter(self.runtime, self.settings.queue_size, wire, expires_at)
 
     def attach(self, writer: SocketWriter, transport: str, user_id: str | None, topics: Iterable[str],
