@@ -6,6 +6,10 @@ through the app's broker when that broker is Redis (every server following it ge
 otherwise, and always with ``--url``, it goes over HTTP through ``notifier.client``.
 ``listen`` follows ``GET /events`` through ``notifier.client``: one JSON line per
 notification, resuming after drops.
+
+Every command runs in a fresh process that has just imported Flask and made the app,
+so each imports only what it uses (``notifier.client`` for HTTP, PyJWT for a token)
+and ``send`` answers quickly.
 """
 from __future__ import annotations
 
@@ -15,7 +19,6 @@ from typing import Any
 import click
 from flask import Blueprint, current_app
 
-from .client import ClientError, publish, publish_many, subscribe
 from .config import local_url
 from .errors import BrokerUnavailable, NotifierError
 from .tokens import DEFAULT_TTL, issue_token
@@ -67,6 +70,8 @@ class _Sender:
                 where = f"item {exc.index + 1} of the batch: " if exc.index is not None else ""
                 raise click.UsageError(where + exc.message) from None
         else:
+            from .client import ClientError, publish_many
+
             try:
                 ids = publish_many(payload, url=self.target, key=self.key, timeout=self.timeout) \
                     if isinstance(payload, list) else [self._publish_one(payload)]
@@ -80,6 +85,8 @@ class _Sender:
             click.echo(notification_id)
 
     def _publish_one(self, fields: dict[str, Any]) -> str:
+        from .client import publish
+
         return publish(fields.get("title"), fields.get("message"), user=fields.get("user_id"),
                        topic=fields.get("topic"), type=fields.get("type"), data=fields.get("data"),
                        url=self.target, key=self.key, timeout=self.timeout)
@@ -169,6 +176,8 @@ def register(bp: Blueprint) -> None:
                 source()  # fails here, not at connect time, without NOTIFIER_SECRET
             except (NotifierError, ValueError) as exc:
                 raise click.UsageError(str(exc)) from None
+        from .client import ClientError, subscribe
+
         subscription = subscribe(url or _mounted_url(), topics, source, last_event_id or None,
                                  read_timeout=read_timeout)
         seen = 0

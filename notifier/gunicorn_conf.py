@@ -95,6 +95,9 @@ def on_exit(server):
 def post_worker_init(worker):
     import gc
 
+    # The app leaves its views to the first request (the CLI never serves one): a worker
+    # will, so it loads them now, before the freeze below.
+    from notifier.flask import views  # noqa: F401
     from notifier.lifecycle import watch_worker
 
     watch_worker(worker)

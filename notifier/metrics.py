@@ -20,9 +20,6 @@ import time
 import weakref
 from typing import Any, Sequence
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, \
-    generate_latest, multiprocess
-
 from .config import metrics_dir
 
 log = logging.getLogger(__name__)
@@ -30,22 +27,47 @@ log = logging.getLogger(__name__)
 TRANSPORTS = ("ws", "sse")
 SAMPLE_EVERY = 1.0
 
-CONNECTIONS = Gauge("notifier_connections", "Open subscriber connections, by transport", ["transport"],
-                    multiprocess_mode="livesum")
-PUBLISHED = Counter("notifier_published", "Notifications accepted by this server (POST /notify, Notifier.publish())")
-DELIVERED = Counter("notifier_delivered", "Notifications handed to subscriber connections (one per connection)")
-SLOW_DISCONNECTS = Counter("notifier_slow_client_disconnects",
-                           "Subscribers cut because their send queue overflowed (WebSocket 1013, SSE end)")
-BROKER_RECONNECTS = Counter("notifier_broker_reconnects",
-                            "Times a worker's broker follower lost Redis and started reconnecting")
-REPLAYED = Counter("notifier_replayed", "Notifications sent from history to connections that resumed")
-RESETS = Counter("notifier_resets", "Resumes whose last id was no longer in history (notifier.reset sent)")
-LATENCY = Histogram("notifier_delivery_latency_seconds",
-                    "Publish to write, per notification and worker: the time its fan-out ended minus the notification's "
-                    "timestamp (millisecond resolution)",
-                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
-for _transport in TRANSPORTS:
-    CONNECTIONS.labels(_transport)  # present (as 0) before the first connection
+
+class _Metrics:
+    """The metric objects. Made on first use, not at import: prometheus_client (~15 ms of
+    imports) is then never loaded by processes that only publish (``flask notifier send``)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.connections = Gauge("notifier_connections", "Open subscriber connections, by transport", ["transport"],
+                                 multiprocess_mode="livesum")
+        self.published = Counter("notifier_published",
+                                 "Notifications accepted by this server (POST /notify, Notifier.publish())")
+        self.delivered = Counter("notifier_delivered",
+                                 "Notifications handed to subscriber connections (one per connection)")
+        self.slow_disconnects = Counter("notifier_slow_client_disconnects",
+                                        "Subscribers cut because their send queue overflowed (WebSocket 1013, SSE end)")
+        self.broker_reconnects = Counter("notifier_broker_reconnects",
+                                         "Times a worker's broker follower lost Redis and started reconnecting")
+        self.replayed = Counter("notifier_replayed", "Notifications sent from history to connections that resumed")
+        self.resets = Counter("notifier_resets", "Resumes whose last id was no longer in history (notifier.reset sent)")
+        self.latency = Histogram(
+            "notifier_delivery_latency_seconds",
+            "Publish to write, per notification and worker: the time its fan-out ended minus the notification's "
+            "timestamp (millisecond resolution)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+        for transport in TRANSPORTS:
+            self.connections.labels(transport)  # present (as 0) before the first connection
+
+
+_made: _Metrics | None = None
+_make_lock = threading.Lock()
+
+
+def _metrics() -> _Metrics:
+    """The metric objects, made once (under a lock: registering a metric twice is an error)."""
+    global _made
+    if _made is None:
+        with _make_lock:
+            if _made is None:
+                _made = _Metrics()
+    return _made
 
 
 class _Source:
@@ -67,6 +89,7 @@ _sampler: threading.Thread | None = None
 def watch(hub: Any, broker: Any) -> None:
     """Report this hub's connections and slow cuts and this broker's reconnects."""
     global _sampler
+    _metrics()  # a started server shows every metric (as 0) from the start
     with _lock:
         _sources.append(_Source(hub, broker))
         if _sampler is None and metrics_dir():
@@ -78,6 +101,7 @@ def watch(hub: Any, broker: Any) -> None:
 
 def sample() -> None:
     """Copy the watched hubs' and brokers' figures into the metrics."""
+    m = _metrics()
     counts = dict.fromkeys(TRANSPORTS, 0)
     with _lock:
         for source in list(_sources):
@@ -89,18 +113,18 @@ def sample() -> None:
                 counts[transport] += hub.count(transport)
             delivered = getattr(hub, "delivered", 0)
             if delivered > source.delivered:
-                DELIVERED.inc(delivered - source.delivered)
+                m.delivered.inc(delivered - source.delivered)
             source.delivered = delivered
             dropped = getattr(hub, "dropped_slow", 0)
             if dropped > source.dropped_slow:
-                SLOW_DISCONNECTS.inc(dropped - source.dropped_slow)
+                m.slow_disconnects.inc(dropped - source.dropped_slow)
             source.dropped_slow = dropped
             reconnects = getattr(broker, "reconnects", 0) if broker is not None else 0
             if reconnects > source.reconnects:
-                BROKER_RECONNECTS.inc(reconnects - source.reconnects)
+                m.broker_reconnects.inc(reconnects - source.reconnects)
             source.reconnects = reconnects
     for transport, count in counts.items():
-        CONNECTIONS.labels(transport).set(count)
+        m.connections.labels(transport).set(count)
 
 
 def _sample_forever() -> None:
@@ -114,26 +138,29 @@ def _sample_forever() -> None:
 
 def written(batch: Sequence[Any]) -> None:
     """After a worker's hub wrote (or queued) a batch of notifications to its subscribers."""
-    now = time.time()
+    latency, now = _metrics().latency, time.time()
     for notification in batch:
         # The id starts with the publish time in ms (the broker's clock): no JSON to parse.
-        LATENCY.observe(max(0.0, now - int(notification.id[:13]) / 1000))
+        latency.observe(max(0.0, now - int(notification.id[:13]) / 1000))
 
 
 def published(count: int = 1) -> None:
-    PUBLISHED.inc(count)
+    _metrics().published.inc(count)
 
 
 def resumed(replayed: int, reset: bool) -> None:
     """A connection resumed: ``replayed`` notifications from history, or a reset."""
+    m = _metrics()
     if reset:
-        RESETS.inc()
+        m.resets.inc()
     if replayed:
-        REPLAYED.inc(replayed)
+        m.replayed.inc(replayed)
 
 
 def render() -> tuple[bytes, str]:
     """The Prometheus text exposition of every worker's metrics, and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+
     sample()
     if metrics_dir():
         registry = CollectorRegistry()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import metrics
 from .brokers import create_broker
@@ -18,8 +18,10 @@ from .brokers.base import Entry
 from .errors import InvalidNotification, PayloadTooLarge, TooManyRequests, WorkerFull
 from .idempotency import Published, idempotency
 from .runtime import Runtime, detect
-from .transports.socket_writer import SocketWriter
 from .validation import validate_batch, validate_publish
+
+if TYPE_CHECKING:
+    from .transports.socket_writer import SocketWriter
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +70,11 @@ class Service:
         The first invalid item of a batch raises its error with its ``index``. A
         ``publisher`` is held to the publish rate (TooManyRequests when over it). With an
         ``idempotency_key`` seen before from the same publisher, nothing is published again
-        and the first ids come back (``replayed``). ``start=False`` publishes without
-        following the broker (a CLI process has no subscribers of its own).
+        and the first ids come back (``replayed``). ``start=False`` publishes as a client
+        of the broker, not as a server: without following it (a CLI process has no
+        subscribers of its own) and without counting it in ``notifier_published_total``
+        (which counts what servers accepted; nothing scrapes a CLI process, and this keeps
+        prometheus_client out of it).
         """
         items = validate_batch(payload) if isinstance(payload, list) else [validate_publish(payload)]
         entries = [self._entry(fields, i if isinstance(payload, list) else None) for i, fields in enumerate(items)]
@@ -78,7 +83,8 @@ class Service:
             self.start()
         published = self.broker.publish(entries, publisher, once)
         if not published.replayed:
-            metrics.published(len(items))
+            if start:
+                metrics.published(len(items))
             for listener in list(self.listeners):
                 for fields, notification_id in zip(items, published.ids):
                     listener(fields, notification_id)
@@ -106,6 +112,8 @@ class Service:
 
     def writer(self, wire: str, expires_at: float | None = None) -> SocketWriter:
         """A new connection's writer: its send queue, sized by NOTIFIER_QUEUE_SIZE."""
+        from .transports.socket_writer import SocketWriter  # with the first connection: a CLI makes none
+
         return SocketWriter(self.runtime, self.settings.queue_size, wire, expires_at)
 
     def attach(self, writer: SocketWriter, transport: str, user_id: str | None, topics: Iterable[str],

@@ -3,13 +3,14 @@
 Claims: ``sub`` (user id), ``exp`` (required), optional ``topics`` (private topics
 granted; a trailing ``*`` grants every topic with that prefix). PyJWT checks the
 signature and expiry; only HS256 is accepted, so ``alg: none`` never is.
+
+PyJWT loads with the first token issued or verified, not with the app: ``flask notifier
+send`` and publish-only processes never need it.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-
-import jwt
 
 from .errors import ConfigError, InvalidNotification, Unauthorized
 from .validation import user_id_of
@@ -44,6 +45,8 @@ def issue_token(secret: str | None, user_id: str | int, topics: tuple[str, ...] 
     claims = {"sub": user_id, "exp": int(time.time()) + int(ttl)}
     if topics:
         claims["topics"] = list(topics)
+    import jwt
+
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -51,6 +54,8 @@ def verify_token(secret: str | None, token: str) -> Grant:
     """The grant a token carries, or Unauthorized (bad, expired, wrongly signed, alg none)."""
     if not secret:
         raise Unauthorized("tokens are not accepted: the server has no NOTIFIER_SECRET")
+    import jwt
+
     try:
         claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub"]})
     except jwt.ExpiredSignatureError:

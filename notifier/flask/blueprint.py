@@ -3,10 +3,16 @@
 
 The demo page, /metrics and /openapi.json are switched by NOTIFIER_DEMO,
 NOTIFIER_METRICS and NOTIFIER_OPENAPI (the demo is off by default in a host app).
+
+``views.py`` (with the auth, body and transport code it imports) loads with the first
+request, not with the app: a process that never serves one (``flask notifier send``)
+does not pay for it.
 """
 from __future__ import annotations
 
 import logging
+from types import ModuleType
+from typing import Any, Callable
 
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
@@ -14,9 +20,23 @@ from werkzeug.exceptions import HTTPException
 from .. import browser, cli
 from ..config import Settings
 from ..errors import IdentifyFailed, NotifierError, ServerUnsupported
-from . import views
 
 log = logging.getLogger(__name__)
+
+
+def _views() -> ModuleType:
+    from . import views
+
+    return views
+
+
+def _view(name: str) -> Callable[..., Any]:
+    """``views.<name>``, looked up when a request comes."""
+    def view(**kwargs: Any) -> Any:
+        return getattr(_views(), name)(**kwargs)
+
+    view.__name__ = view.__qualname__ = name
+    return view
 
 
 def create_blueprint(settings: Settings) -> Blueprint:
@@ -24,30 +44,30 @@ def create_blueprint(settings: Settings) -> Blueprint:
     bp.register_error_handler(HTTPException, http_error)
     bp.register_error_handler(NotifierError, notifier_error)
     bp.register_error_handler(Exception, unexpected_error)
-    bp.add_url_rule("/notify", view_func=views.notify, methods=["POST"])
-    bp.add_url_rule("/events", view_func=views.events)
-    bp.add_url_rule("/ws", view_func=views.ws, websocket=True)
-    bp.add_url_rule("/ws", endpoint="ws_plain", view_func=views.ws_without_upgrade)
-    bp.add_url_rule("/notifications", view_func=views.notifications)
-    bp.add_url_rule("/healthz", view_func=views.healthz)
-    bp.add_url_rule("/readyz", view_func=views.readyz)
+    bp.add_url_rule("/notify", view_func=_view("notify"), methods=["POST"])
+    bp.add_url_rule("/events", view_func=_view("events"))
+    bp.add_url_rule("/ws", view_func=_view("ws"), websocket=True)
+    bp.add_url_rule("/ws", endpoint="ws_plain", view_func=_view("ws_without_upgrade"))
+    bp.add_url_rule("/notifications", view_func=_view("notifications"))
+    bp.add_url_rule("/healthz", view_func=_view("healthz"))
+    bp.add_url_rule("/readyz", view_func=_view("readyz"))
     if settings.metrics_route:
-        bp.add_url_rule("/metrics", view_func=views.metrics_text)
+        bp.add_url_rule("/metrics", view_func=_view("metrics_text"))
     if settings.openapi_route:
-        bp.add_url_rule("/openapi.json", view_func=views.openapi)
+        bp.add_url_rule("/openapi.json", view_func=_view("openapi"))
     browser.register(bp, demo=settings.demo)  # /notifier.js, /notifier.d.ts, /demo
     cli.register(bp)
     return bp
 
 
 def http_error(exc: HTTPException) -> Response:
-    return views.error(exc.code or 500, exc.description or exc.name)
+    return _views().error(exc.code or 500, exc.description or exc.name)
 
 
 def notifier_error(exc: NotifierError) -> Response:
     if isinstance(exc, (ServerUnsupported, IdentifyFailed)):  # the operator must hear of it, not only the client
         log.error("notifier refused a stream: %s", exc.message)
-    response = views.error(exc.status, exc.message, exc.index)
+    response = _views().error(exc.status, exc.message, exc.index)
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
@@ -58,4 +78,4 @@ def unexpected_error(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):  # Flask picks the most specific handler; be safe
         return http_error(exc)
     log.exception("unexpected error in %s %s", request.method, request.path)
-    return views.error(500, "internal error")
+    return _views().error(500, "internal error")

@@ -19,7 +19,6 @@ from ..core.closing import TOO_SLOW
 from ..core.subscriber import entitled_keys
 from ..errors import BrokerUnavailable, IdentifyFailed, InvalidNotification, NotifierError, ServerUnsupported, \
     ShuttingDown
-from ..openapi import spec
 from ..ratelimit import publisher_id
 from ..service import Service, check_last_id
 from ..transports import sse
@@ -195,6 +194,8 @@ def notifications() -> Response:
 
 
 def openapi() -> Response:
+    from ..openapi import spec  # a big literal, built for the rare reader of /openapi.json only
+
     rule = request.url_rule.rule if request.url_rule is not None else ""
     prefix = rule[: -len("/openapi.json")]
     return jsonify(spec(request.script_root + prefix))
