@@ -56,8 +56,7 @@ class SSESession:
                 yield from writer.batches(heartbeat, KEEPALIVE, floor)
                 return
             try:
-                for data in writer.batches(heartbeat, http_chunk(KEEPALIVE), floor):
-                    self.sock.sendall(data)
+                writer.pump(self.sock.sendall, heartbeat, http_chunk(KEEPALIVE), floor)
             except OSError as exc:
                 log.debug("sse write failed: %s", exc)
                 return

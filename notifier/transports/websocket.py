@@ -71,8 +71,7 @@ class WebSocketSession:
                 self.sock.sendall(b"".join(n.ws_frame for n in replay))
             if self._watcher is not None:
                 self._watcher.start(self._on_readable)
-            for data in writer.batches(heartbeat, PING, floor, self._replies):
-                self.sock.sendall(data)
+            writer.pump(self.sock.sendall, heartbeat, PING, floor, self._replies)
             if writer.closed:
                 wsadapter.close(self.ws, writer.close_code or NORMAL, writer.close_reason)
         except wsadapter.Errors as exc:
