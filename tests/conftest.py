@@ -278,18 +278,24 @@ class NotifierServer:
             time.sleep(0.1)
         # Every worker must be up (and, with Redis, following it) before a test
         # relies on fan-out across workers.
+        self.wait_workers(deadline - time.monotonic())
+        return self
+
+    def wait_workers(self, timeout: float = 30.0) -> None:
+        """Until every worker is up (and, with Redis, following it)."""
+        deadline = time.monotonic() + timeout
         while True:
-            check_alive()
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log_tail()}")
             procs = self.worker_procs()
             now = time.time()
             if len(procs) >= self.workers and all(now - p.create_time() > 0.5 for p in procs):
                 if self.redis is None or all(self._talks_to_redis(p) for p in procs):
-                    break
+                    return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.workers} workers not all up within {timeout}s "
                                    f"(have {len(procs)}):\n{self.log_tail()}")
             time.sleep(0.1)
-        return self
 
     def _talks_to_redis(self, proc: psutil.Process) -> bool:
         try:

@@ -179,6 +179,9 @@ def test_a_dead_workers_connections_stop_counting_and_the_metrics_dir_is_removed
     os.kill(victim, signal.SIGKILL)
     wait_metrics(own, lambda m: m[CONNECTIONS % "ws"] + m[CONNECTIONS % "sse"] == survivors, timeout=15,
                  message=f"only the {survivors} connections of the surviving worker")
+    # A worker that gets SIGTERM while still booting can miss it (gunicorn sets its
+    # handlers after gevent's patching) and outlive the stop: let the replacement boot.
+    own.wait_workers()
     own.stop()
     assert not os.path.exists(next(iter(directories)))
 
