@@ -212,6 +212,16 @@ def test_metrics_public_opens_them_to_any_peer_in_process():
     assert r.status_code == 403 and "error" in r.get_json()
 
 
+class Listening:
+    """A connection that takes everything (the hub's ``Connection``)."""
+
+    def offer(self, notes, data) -> bool:
+        return True
+
+    def close(self, code, reason) -> None:
+        pass
+
+
 def test_drop_in_without_a_multiprocess_dir_uses_the_default_registry(monkeypatch):
     from flask import Flask
 
@@ -220,6 +230,8 @@ def test_drop_in_without_a_multiprocess_dir_uses_the_default_registry(monkeypatc
     assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     app = Flask(__name__)
     notifier = Notifier(app)
+    # someone listens: the in-process broker fans out (and the hub writes) only then
+    app.extensions["notifier"].hub.subscribe(Listening(), "sse")
     before = parse(app.test_client().get("/metrics").get_data(as_text=True))
     with app.app_context():
         notifier.publish("counted")
