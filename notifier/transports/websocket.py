@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from ..core.closing import NORMAL, POLICY
 from ..core.notification import Notification, ws_text_frame
-from . import wsadapter
+from . import handoff, wsadapter
 from .socket_writer import SocketWriter, os_socket
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,14 @@ class WebSocketSession:
             writer.wake()  # for what the library's thread read before it could wake anyone
         self._watcher = watcher
         writer.attach(self.sock.sock)
+
+    def hand_over(self) -> None:
+        """Take the socket from gunicorn's socket object (``handoff``): ``run`` may then go on
+        from a greenlet of its own. The read watcher stays: it is on the same descriptor."""
+        lingering = self.sock
+        lingering.sock = handoff.take(lingering.sock)
+        self._raw = os_socket(lingering.sock)
+        self.writer.attach(lingering.sock)
 
     def run(self, heartbeat: float, on_message: OnMessage, replay: Sequence[Notification] = (),
             floor: str | None = None, on_end: Callable[[], None] | None = None) -> None:
