@@ -17,7 +17,7 @@ from notifier.errors import ConfigError
 
 __all__ = ["bind", "workers", "worker_class", "worker_connections", "timeout", "graceful_timeout", "keepalive",
            "preload_app", "control_socket_disable", "accesslog", "access_log_format", "logger_class",
-           "on_starting", "child_exit", "on_exit", "post_worker_init"]
+           "on_starting", "child_exit", "on_exit", "post_worker_init", "worker_exit"]
 
 try:
     # Settings from the environment, checked before anything starts: a bad value is one
@@ -33,9 +33,10 @@ worker_class = "gevent"
 # ~1 KB and a dozen objects per connection here. Off unless asked for.
 os.environ.setdefault("GEVENT_TRACK_GREENLET_TREE", "false")
 
-# Every open WebSocket/SSE connection holds one of these slots for its whole life;
-# gunicorn's default (1000) would cap a worker at 1000 subscribers.
-# notifier keeps a reserve of them for publishes and health checks (Settings.max_subscribers).
+# notifier takes as many subscribers as these slots less a reserve for publishes and health
+# checks (Settings.max_subscribers); gunicorn's default (1000) would cap a worker at 1000.
+# With the hooks below a stream holds its slot only until it is set up: it then goes on
+# from a greenlet of its own, outside gunicorn's pool (notifier.transports.handoff).
 worker_connections = _settings.worker_connections
 # The gevent worker heartbeats from its own greenlet, so long-lived connections never
 # trip this; it only catches a worker whose event loop is truly stuck.
@@ -106,3 +107,11 @@ def post_worker_init(worker):
     # connections scan only the connections' objects.
     gc.collect()
     gc.freeze()
+
+
+def worker_exit(server, worker):
+    # Streams that left gunicorn's pool for greenlets of their own (notifier.transports.handoff)
+    # close before the worker goes.
+    from notifier.lifecycle import drain
+
+    drain(worker)

@@ -67,11 +67,18 @@ def refuse(worker: Any, exc: ConfigError) -> None:
 
 
 def watch_worker(worker: Any) -> None:
-    """In a gunicorn gevent worker: start every notifier, and stop them all when the worker stops."""
+    """In a gunicorn gevent worker: start every notifier, and stop them all when the worker stops.
+
+    Streams may leave their request's greenlet from now on (``transports.handoff``);
+    ``drain`` (the ``worker_exit`` hook) waits for them.
+    """
     import gevent
+
+    from .transports import handoff
 
     check_server(worker)
     start_all()
+    handoff.enable(worker.log)
 
     def watch() -> None:
         while worker.alive:
@@ -80,3 +87,17 @@ def watch_worker(worker: Any) -> None:
         stop_all()
 
     gevent.spawn(watch)
+
+
+def drain(worker: Any) -> None:
+    """In gunicorn's ``worker_exit`` hook: the streams handed over to greenlets of their own are
+    not in the connection pool gunicorn waited for, so wait here until they have closed
+    (politely: they are told to at once), at most the graceful timeout."""
+    from .runtime import detect
+    from .transports import handoff
+
+    if not handoff.enabled():
+        return
+    stop_all()  # if gunicorn noticed the stop before the watcher did
+    if not detect().drain(worker.cfg.graceful_timeout):
+        log.warning("worker exiting with connections still open")

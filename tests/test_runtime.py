@@ -1,5 +1,6 @@
-"""The runtimes: one per process, a thread scheduler that outlives a failing call, and the
-Redis follower ending cleanly when stopped and started again on OS threads."""
+"""The runtimes: one per process, a thread scheduler that outlives a failing call, the Redis
+follower ending cleanly when stopped and started again on OS threads, and connections on
+greenlets of their own waited for."""
 import threading
 import time
 
@@ -44,3 +45,22 @@ def test_a_follower_stopped_and_started_again_on_threads_delivers_once(redis_ser
     assert [n.type for n in got] == ["notification"]
     followers = [t for t in threading.enumerate() if t.name.startswith("notifier-_follow")]
     assert len(followers) <= 2  # stopped ones end after their current XREAD (at most BLOCK_MS)
+
+
+def test_drain_waits_for_the_connections_started_on_greenlets_of_their_own():
+    import gevent
+
+    from notifier.runtime.gevent import GeventRuntime
+
+    runtime = GeventRuntime()
+    assert runtime.drain(0.01)  # none started: nothing to wait for
+    ended = []
+
+    def serve(seconds: float, name: str) -> None:
+        gevent.sleep(seconds)
+        ended.append(name)
+
+    runtime.start_connection(serve, 0.05, "short")
+    runtime.start_connection(serve, 0.2, "long")
+    assert not runtime.drain(0.1) and ended == ["short"]  # one still runs
+    assert runtime.drain(5) and ended == ["short", "long"]

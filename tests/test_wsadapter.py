@@ -56,6 +56,7 @@ def test_with_an_own_reader_no_thread_starts_and_fed_bytes_become_messages_and_r
     assert b"101" in read_handshake(client)
     assert threading.active_count() == threads_before and ws.mode == "gunicorn"
     assert environ["gunicorn.socket"] is lingering and lingering.sock is server
+    assert ws.environ is None and ws.ws.handshake is wsadapter.DONE  # only the handshake needed them
     client.sendall(masked_frame(1, b'{"a":1}') + masked_frame(9, b"hi"))
     time.sleep(0.05)
     server.setblocking(False)

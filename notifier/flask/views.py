@@ -7,24 +7,28 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from flask import Response, current_app, jsonify, request
-from werkzeug.wsgi import ClosingIterator
 
 from .. import metrics
 from ..auth import check_metrics_reader, check_origin, check_publisher, check_session_origin, \
     subscriber_grant, subscriber_topics
 from ..core.closing import TOO_SLOW
-from ..core.subscriber import entitled_keys
+from ..core.notification import Notification
+from ..core.subscriber import Subscriber, entitled_keys
 from ..errors import BrokerUnavailable, IdentifyFailed, InvalidNotification, NotifierError, ServerUnsupported, \
     ShuttingDown
 from ..ratelimit import publisher_id
 from ..service import Service, check_last_id
-from ..transports import sse
+from ..transports import handoff, sse
 from ..validation import user_id_of
 from . import ws_actions
 from .body import read_json_body
+
+if TYPE_CHECKING:
+    from ..transports.websocket import WebSocketSession
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +98,7 @@ def notify() -> tuple[Response, int]:
 
 
 def events() -> Response:
+    started = time.monotonic()
     svc = service()
     headers = {**sse.HEADERS, **cors_headers(svc)}
     svc.start()
@@ -103,14 +108,9 @@ def events() -> Response:
     writer = svc.writer("sse_chunk", asked.expires_at)
     session = sse.SSESession(writer, request.environ)
     sub, replay, floor = svc.attach(writer, "sse", asked.user_id, asked.topics, asked.grant, asked.last_id)
-
-    def release() -> None:
-        svc.hub.unsubscribe(sub)
-
-    body = session.body(svc.settings.heartbeat, replay, floor, on_end=release)
-    # ClosingIterator: the subscriber is released even if the body is never started.
-    return Response(ClosingIterator(body, [release]), mimetype="text/event-stream", headers=headers,
-                    direct_passthrough=True)
+    runtime = svc.runtime if handoff.possible(request.environ, svc.runtime) else None
+    return sse.EventStream(session, svc.settings.heartbeat, replay, floor, partial(svc.hub.unsubscribe, sub), headers,
+                           runtime, started)
 
 
 def ws() -> Any:
@@ -133,16 +133,32 @@ def ws() -> Any:
     except NotifierError as exc:
         session.refuse(TOO_SLOW, exc.message)  # 1013: try again later
         return session.response()
+    if handoff.possible(request.environ, svc.runtime):  # the rest on a greenlet of its own
+        try:
+            session.hand_over()
+        except BaseException:
+            svc.hub.unsubscribe(sub)
+            raise
+        svc.runtime.start_connection(serve_ws, svc, session, sub, replay, floor, request.path, started)
+    else:
+        serve_ws(svc, session, sub, replay, floor, request.path, started)
+    return session.response()
+
+
+def serve_ws(svc: Service, session: WebSocketSession, sub: Subscriber, replay: list[Notification], floor: str | None,
+             path: str, started: float) -> None:
+    """An accepted WebSocket's life, on its request's greenlet (or thread), or one of its own."""
     try:
         # released as soon as writing stops, before the close lingers (run's own finally)
-        session.run(svc.settings.heartbeat, lambda raw: ws_actions.answer(svc, sub, raw), replay, floor,
-                    on_end=lambda: svc.hub.unsubscribe(sub))
+        session.run(svc.settings.heartbeat, partial(ws_actions.answer, svc, sub), replay, floor,
+                    on_end=partial(svc.hub.unsubscribe, sub))
+    except Exception:  # nobody above to log it: no HTTP answer is possible after the upgrade anyway
+        log.exception("websocket %s failed", path)
     finally:
         # gunicorn writes no access-log line for an upgraded connection: one line here
         # (the path only: query strings may carry tokens).
-        log.info("websocket %s 101 closed %s after %.1fs", request.path,
-                 writer.close_code or "by client", time.monotonic() - started)
-    return session.response()
+        log.info("websocket %s 101 closed %s after %.1fs", path, session.writer.close_code or "by client",
+                 time.monotonic() - started)
 
 
 def error(status: int, message: str, index: int | None = None) -> Response:

@@ -31,6 +31,9 @@ class Runtime(Protocol):
     name: str
     direct_writes: bool
     """True when one thread runs everything, so a flush may write to an idle connection's socket."""
+    hands_off: bool
+    """True when a stream's loop may leave its request's greenlet for one of its own
+    (``transports.handoff``): ``start_connection`` then runs it, ``drain`` waits for them."""
 
     def send_queue(self, maxsize: int) -> SendQueue: ...
 
@@ -39,6 +42,12 @@ class Runtime(Protocol):
         from any thread, never blocks the caller."""
 
     def spawn(self, fn: Callable[..., Any], *args: Any) -> Task: ...
+
+    def start_connection(self, serve: Callable[..., None], *args: Any) -> None:
+        """Run ``serve(*args)``, a handed-over connection's whole remaining life (``hands_off`` only)."""
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every connection ``start_connection`` ran has ended; False if some still run."""
 
     def sleep(self, seconds: float) -> None: ...
 

@@ -9,6 +9,7 @@ import time
 from typing import Any, Callable, ContextManager
 
 import gevent
+import gevent.event
 from gevent.hub import Waiter, get_hub
 
 from ..core.send_queue import SendQueue
@@ -57,10 +58,13 @@ class _Greenlet:
 class GeventRuntime:
     name = "gevent"
     direct_writes = True
+    hands_off = True
 
     def __init__(self) -> None:
         # Calls are scheduled on the loop of the thread that made the runtime (the worker's).
         self._hub = get_hub()
+        self._connections = 0  # greenlets start_connection started that have not ended
+        self._drained: gevent.event.Event | None = None
 
     def send_queue(self, maxsize: int) -> SendQueue:
         return GeventSendQueue(maxsize)
@@ -88,6 +92,24 @@ class GeventRuntime:
 
     def spawn(self, fn: Callable[..., Any], *args: Any) -> _Greenlet:
         return _Greenlet(gevent.spawn(fn, *args))
+
+    def start_connection(self, serve: Callable[..., None], *args: Any) -> None:
+        # gevent.spawn calls serve itself: no frame of ours under it while the connection idles.
+        greenlet = gevent.spawn(serve, *args)
+        greenlet.rawlink(self._connection_ended)
+        self._connections += 1
+
+    def _connection_ended(self, greenlet: gevent.Greenlet) -> None:
+        self._connections -= 1
+        if not self._connections and self._drained is not None:
+            self._drained.set()
+
+    def drain(self, timeout: float) -> bool:
+        if self._connections:
+            self._drained = gevent.event.Event()
+            self._drained.wait(timeout)
+            self._drained = None
+        return not self._connections
 
     def sleep(self, seconds: float) -> None:
         gevent.sleep(seconds)

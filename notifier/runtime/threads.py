@@ -59,6 +59,7 @@ class _Thread:
 class ThreadRuntime:
     name = "threads"
     direct_writes = False
+    hands_off = False  # a thread per connection: nothing to gain from changing it
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -93,6 +94,12 @@ class ThreadRuntime:
                                   daemon=True)
         thread.start()
         return _Thread(thread)
+
+    def start_connection(self, serve: Callable[..., None], *args: Any) -> None:
+        raise NotImplementedError("streams stay on their request's thread here (hands_off is False)")
+
+    def drain(self, timeout: float) -> bool:
+        return True
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)

@@ -3,23 +3,30 @@
 The first chunk (``retry`` and the replay) always goes through the WSGI server, which
 sends the headers with it. After that, on gunicorn's worker socket with HTTP/1.1 GET in
 a gevent worker, the stream is written straight to the socket, framed as the chunks
-gunicorn would make, so the hub can write to an idle stream directly as to a WebSocket.
-Everywhere else (HTTP/1.0, another server, OS threads) the same loop's output is simply
-yielded to the server. A keepalive comment goes out when idle (a closed client is only
-noticed at the next write).
+gunicorn would make, so the hub can write to an idle stream directly as to a WebSocket;
+where its hooks allow it, the stream then leaves the request's greenlet for a fresh one
+of its own (``handoff``), which also ends the chunked body. Everywhere else (HTTP/1.0,
+another server, OS threads) the same loop's output is simply yielded to the server. A
+keepalive comment goes out when idle (a closed client is only noticed at the next write).
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+from flask import Response
+from werkzeug.wsgi import ClosingIterator
 
 from ..core.notification import Notification, http_chunk
+from ..runtime import Runtime
+from . import handoff
 from .socket_writer import SocketWriter
 
 log = logging.getLogger(__name__)
 
 KEEPALIVE = b": keepalive\n\n"
 RETRY_MS = 2000
+LAST_CHUNK = b"0\r\n\r\n"
 
 HEADERS = {
     "Cache-Control": "no-cache",
@@ -33,8 +40,13 @@ def writes_direct(environ: dict, writer: SocketWriter) -> bool:
             and environ.get("SERVER_PROTOCOL") == "HTTP/1.1" and environ.get("REQUEST_METHOD") == "GET")
 
 
+def opening(replay: Sequence[Notification]) -> bytes:
+    """The first chunk: the reconnect delay, then what a resuming client missed."""
+    return b"retry: %d\n\n" % RETRY_MS + b"".join(n.sse_chunk for n in replay)
+
+
 class SSESession:
-    """One event stream: ``body()`` is the WSGI response body."""
+    """One event stream: ``body()`` is the WSGI response body (``EventStream`` wraps it)."""
 
     __slots__ = ("writer", "direct", "sock")
 
@@ -51,18 +63,80 @@ class SSESession:
         """``replay`` first, then live notifications past ``floor``; ``on_end`` runs however it ends."""
         writer = self.writer
         try:
-            yield b"retry: %d\n\n" % RETRY_MS + b"".join(n.sse_chunk for n in replay)
+            yield opening(replay)
             if not self.direct:
                 yield from writer.batches(heartbeat, KEEPALIVE, floor)
                 return
-            try:
-                for data in writer.batches(heartbeat, http_chunk(KEEPALIVE), floor):
-                    self.sock.sendall(data)
-            except OSError as exc:
-                log.debug("sse write failed: %s", exc)
-                return
-            log.debug("sse stream closed by server: %s", writer.close_reason)
+            self._pump(heartbeat, floor)
         finally:
             writer.detach()
             if on_end is not None:
                 on_end()
+
+    def hand_over(self) -> None:
+        """Take the socket from gunicorn's socket object (``handoff``): ``serve`` carries on."""
+        self.sock = handoff.take(self.sock)
+        self.writer.attach(self.sock)
+
+    def serve(self, heartbeat: float, floor: str | None, on_end: Callable[[], None]) -> None:
+        """The stream after its first chunk, handed over: it ends the chunked body itself and
+        closes the socket (a client reconnects for more; gunicorn would have kept it alive)."""
+        try:
+            if self._pump(heartbeat, floor):
+                self.sock.sendall(LAST_CHUNK)
+        except OSError:
+            pass
+        except Exception:  # no server above to log it
+            log.exception("event stream failed")
+        finally:
+            self.writer.detach()
+            on_end()
+            self.sock.close()
+
+    def _pump(self, heartbeat: float, floor: str | None) -> bool:
+        """Write straight to the socket until closed; False if the client has gone."""
+        writer = self.writer
+        try:
+            writer.pump(self.sock.sendall, heartbeat, http_chunk(KEEPALIVE), floor)
+        except OSError as exc:
+            log.debug("sse write failed: %s", exc)
+            return False
+        log.debug("sse stream closed by server: %s", writer.close_reason)
+        return True
+
+
+class EventStream(Response):
+    """An event stream's response. Its body goes through the server, released even if never
+    started; or, with a ``runtime`` that may take it (``handoff.possible``), only the first
+    chunk does, the stream carries on from a greenlet of its own and gunicorn is told the
+    request was handled."""
+
+    def __init__(self, session: SSESession, heartbeat: float, replay: Sequence[Notification], floor: str | None,
+                 on_end: Callable[[], None], headers: dict[str, str], runtime: Runtime | None = None,
+                 started: float = 0.0) -> None:
+        body = ClosingIterator(session.body(heartbeat, replay, floor, on_end), [on_end])
+        super().__init__(body, mimetype="text/event-stream", headers=headers, direct_passthrough=True)
+        self.hand_over: tuple[Any, ...] | None = None
+        if runtime is not None and session.direct:
+            self.hand_over = (session, heartbeat, opening(replay), floor, on_end, runtime, started)
+
+    def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Any:
+        if self.hand_over is None:
+            return super().__call__(environ, start_response)
+        body, status, headers = self.get_wsgi_response(environ)
+        write = start_response(status, headers)
+        server_response = handoff.server_response(write)
+        if server_response is None:  # not gunicorn's chunked response after all: it writes the body
+            return body
+        session, heartbeat, first, floor, on_end, runtime, started = self.hand_over
+        self.hand_over = None
+        try:
+            write(first)  # the headers go with it
+            session.hand_over()
+        except BaseException:
+            session.writer.detach()
+            on_end()
+            raise
+        handoff.log_access(server_response, environ, started)
+        runtime.start_connection(session.serve, heartbeat, floor, on_end)
+        raise StopIteration  # gunicorn: handled, close (the socket it closes is empty)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from ..core.closing import NORMAL, POLICY
 from ..core.notification import Notification, ws_text_frame
-from . import wsadapter
+from . import handoff, wsadapter
 from .socket_writer import SocketWriter, os_socket
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,14 @@ class WebSocketSession:
         self._watcher = watcher
         writer.attach(self.sock.sock)
 
+    def hand_over(self) -> None:
+        """Take the socket from gunicorn's socket object (``handoff``): ``run`` may then go on
+        from a greenlet of its own. The read watcher stays: it is on the same descriptor."""
+        lingering = self.sock
+        lingering.sock = handoff.take(lingering.sock)
+        self._raw = os_socket(lingering.sock)
+        self.writer.attach(lingering.sock)
+
     def run(self, heartbeat: float, on_message: OnMessage, replay: Sequence[Notification] = (),
             floor: str | None = None, on_end: Callable[[], None] | None = None) -> None:
         """Until the client or the server closes; ``replay`` (at resume) goes first, and
@@ -71,8 +79,7 @@ class WebSocketSession:
                 self.sock.sendall(b"".join(n.ws_frame for n in replay))
             if self._watcher is not None:
                 self._watcher.start(self._on_readable)
-            for data in writer.batches(heartbeat, PING, floor, self._replies):
-                self.sock.sendall(data)
+            writer.pump(self.sock.sendall, heartbeat, PING, floor, self._replies)
             if writer.closed:
                 wsadapter.close(self.ws, writer.close_code or NORMAL, writer.close_reason)
         except wsadapter.Errors as exc:
