@@ -567,3 +567,17 @@ def login(url: str, user: str) -> requests.Session:
 def cookie_of(session: requests.Session) -> str:
     """The Cookie header value of a requests session (for the WebSocket and SSE clients)."""
     return "; ".join(f"{c.name}={c.value}" for c in session.cookies)
+
+
+def connect_until_spread(server: Any, make: Any, limit: int = 200, timeout: float = 20.0) -> list:
+    """Open clients (``make(i)``, WS and SSE alternating as the caller likes) until at least
+    two workers hold some. Bounded by count and time: a worker still booting (a fresh clone
+    compiles every module) may take the first seconds' connections all to the other."""
+    clients: list = []
+    deadline = time.monotonic() + timeout
+    while len({server.worker_of_ports().get(c.local_port) for c in clients} - {None}) < 2:
+        assert len(clients) < limit and time.monotonic() < deadline, (
+            f"{len(clients)} connections in {timeout:g}s never spread over two workers")
+        clients.append(make(len(clients)))
+        time.sleep(0.05)
+    return clients

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from clients import SSEClient, WSClient, publish, sync_subscribers
+from clients import SSEClient, WSClient, connect_until_spread, publish, sync_subscribers
 from conftest import PYTHON, ROOT
 
 KEY = "cli-test-key"
@@ -85,11 +85,8 @@ def listens():
 
 def test_send_through_redis_reaches_every_worker(notifier_server, redis_server, closing):
     server = notifier_server(workers=2, redis=redis_server)
-    clients = []
-    while len({server.worker_of_ports().get(c.local_port) for c in clients} - {None}) < 2:
-        assert len(clients) < 40, "connections never spread over both workers"
-        clients.append(closing((WSClient if len(clients) % 2 else SSEClient)(server.url, topics=["ops"])))
-        time.sleep(0.05)
+    clients = connect_until_spread(
+        server, lambda i: closing((WSClient if i % 2 else SSEClient)(server.url, topics=["ops"])))
     sync_subscribers(server.url, clients)
     # no --url: the CLI process publishes into Redis itself; both workers follow it
     out = flask("send", "Deploy finished", "v42 is live", "--topic", "ops", "--type", "deploy.done",

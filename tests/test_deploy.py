@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from clients import SSEClient, WSClient, publish, sync_subscribers
+from clients import SSEClient, WSClient, connect_until_spread, publish, sync_subscribers
 from conftest import _SERVERS, PYTHON, ROOT, NotifierServer
 
 VENV_BIN = str(Path(PYTHON).parent)
@@ -119,11 +119,7 @@ def shell_server(tmp_path):
 
 
 def publish_and_receive_on_both_workers(server, closing):
-    clients = []
-    while len({server.worker_of_ports().get(c.local_port) for c in clients} - {None}) < 2:
-        assert len(clients) < 40, "connections never spread over both workers"
-        clients.append(closing((WSClient if len(clients) % 2 else SSEClient)(server.url)))
-        time.sleep(0.05)
+    clients = connect_until_spread(server, lambda i: closing((WSClient if i % 2 else SSEClient)(server.url)))
     sync_subscribers(server.url, clients)
     ids = [publish(server.url, title=f"n{i}") for i in range(5)]
     for client in clients:
