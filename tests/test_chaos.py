@@ -103,6 +103,17 @@ def publisher(url: str, n: int, offset: int, outcomes: dict, bulk_topic: str | N
             time.sleep(pause)
 
 
+def settle(subs: list[Subscriber], done, timeout: float = 60.0) -> None:
+    """Wait (bounded) until ``done(sub)`` holds for every subscriber, then stop them all."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(done(s) for s in subs):
+        time.sleep(0.2)
+    for s in subs:
+        s.stop.set()
+    for s in subs:
+        s.join(timeout=10)
+
+
 def busiest_worker(server) -> int:
     """The worker holding the most client connections, so a fault there cuts many."""
     counts = Counter(server.worker_of_ports().values())
@@ -188,13 +199,7 @@ def run_chaos(notifier_server, redis) -> None:
     def expected_for(sub: Subscriber) -> list[str]:
         return sorted(nid for title, nid in accepted.items() if topic_of[title] in (None, *sub.topics))
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(len(s.received) < len(expected_for(s)) for s in subs):
-        time.sleep(0.2)
-    for s in subs:
-        s.stop.set()
-    for s in subs:
-        s.join(timeout=10)
+    settle(subs, lambda s: len(s.received) >= len(expected_for(s)))
 
     problems = []
     delivered = lost = duplicated = 0

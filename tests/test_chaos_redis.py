@@ -15,7 +15,7 @@ from collections import Counter
 import requests
 
 from conftest import RedisServer
-from test_chaos import TOPICS, Subscriber
+from test_chaos import TOPICS, Subscriber, settle
 
 SUBSCRIBERS = 24
 PUBLISHERS = 3
@@ -99,14 +99,7 @@ def run(notifier_server, redis: RedisServer) -> None:
     def entitled(sub: Subscriber, titles) -> list[str]:
         return sorted(titles[t] for t in titles if topic_of[t] in (None, *sub.topics))
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and any(
-            not set(entitled(s, after_restart)) <= {nid for nid, _ in s.received} for s in subs):
-        time.sleep(0.2)
-    for s in subs:
-        s.stop.set()
-    for s in subs:
-        s.join(timeout=10)
+    settle(subs, lambda s: set(entitled(s, after_restart)) <= {nid for nid, _ in s.received})
 
     problems = []
     for s in subs:

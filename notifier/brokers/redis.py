@@ -71,6 +71,13 @@ def _client(url: str, socket_timeout: float, retries: int = 1, pool_size: int = 
     return redis.Redis(connection_pool=pool)
 
 
+def _own_connection(client: redis.Redis) -> Any:
+    """A connection to ``client``'s Redis with its settings, outside its pool: for a caller
+    that keeps one for itself (the follower's XREAD, the pipelined publishes)."""
+    pool = client.connection_pool
+    return pool.connection_class(**pool.connection_kwargs)
+
+
 def _unavailable(exc: Exception) -> BrokerUnavailable:
     log.warning("redis unavailable: %s", exc)
     return BrokerUnavailable("broker unavailable: retry later")
@@ -90,11 +97,9 @@ class RedisBroker(Broker):
         self.publish_rate = settings.publish_rate
         self.ttl_ms = settings.history_ttl * 1000
         self.client = _client(self.url, socket_timeout=2.0, pool_size=settings.redis_pool)
-        pool = self.client.connection_pool
         # Publishes go over a connection of their own, pipelined (redis_pipeline); the pool
         # serves history reads and the rest.
-        self._publisher = ScriptPipeline(lambda: pool.connection_class(**pool.connection_kwargs),
-                                         timeout=3.0)
+        self._publisher = ScriptPipeline(lambda: _own_connection(self.client), timeout=3.0)
         # Each publish's token: unique to this broker (a random part, drawn once) and publish
         # (a counter), without a system call for randomness per publish.
         self.token_prefix = f"{settings.prefix}:published:{secrets.token_hex(8)}:"
@@ -249,8 +254,7 @@ class RedisBroker(Broker):
         # XREAD goes over a connection of its own, its reply taken as Redis sent it: no pool
         # checkout (and socket poll) per read, and no dict built of every entry's fields,
         # when most entries are skipped unread (_follow_batch).
-        pool = client.connection_pool
-        reader = pool.connection_class(**pool.connection_kwargs)
+        reader = _own_connection(client)
         backoff = 0.1
         next_trim = 0.0
         reconnecting = False
