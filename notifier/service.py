@@ -54,9 +54,11 @@ class Service:
             metrics.watch(self.hub, self.broker)
             log.info("notifier started: %s broker, %s runtime", type(self.broker).__name__, self.runtime.name)
 
-    def _gap(self) -> None:
-        # The broker lost its place: every connection resumes from its own last id.
-        self.hub.close_all(RESTART, "history moved on: reconnect and resume", final=False)
+    def _gap(self, lost_at: float) -> None:
+        # The broker lost its place: every connection that attached before then resumes
+        # from its own last id (later ones already did, from history as it is now; closing
+        # them again would only make them resume twice).
+        self.hub.close_all(RESTART, "history moved on: reconnect and resume", final=False, attached_before=lost_at)
 
     def stop(self) -> None:
         self.hub.close_all()

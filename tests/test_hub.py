@@ -184,3 +184,14 @@ def test_on_os_threads_the_scheduler_thread_flushes_without_any_event_loop():
     while not conn.got and time.monotonic() < deadline:
         time.sleep(0.01)
     assert conn.take() == [note(9).id]
+
+
+def test_close_all_attached_before_a_moment_leaves_later_ones_and_admits_newcomers():
+    hub = make_hub()
+    older = attach(hub)[1]
+    moment = time.monotonic()
+    time.sleep(0.002)
+    later = attach(hub)[1]
+    assert hub.close_all(1012, "resume", final=False, attached_before=moment) == 1
+    assert older.closed[0] == 1012 and not later.closed
+    assert len(hub) == 1 and len(attach(hub)[1].frames) == 0 and len(hub) == 2

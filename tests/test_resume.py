@@ -204,6 +204,40 @@ def test_redis_restarted_empty_makes_resuming_clients_reset(notifier_server, red
     assert again.next_notification(5)["id"] == live
 
 
+def test_a_connection_resumed_after_redis_came_back_is_not_closed_by_the_gap(notifier_server, redis_server,
+                                                                               closing):
+    """A worker's follower finds the lost history only when its backoff ends. A client that
+    resumed on that worker meanwhile read history as it is now: the gap closes only the
+    connections attached before the follower lost Redis. (With 2 workers, each finds the
+    gap on its own, and a client closed by one that resumed on the other was closed twice.)"""
+    server = notifier_server(workers=1, redis=redis_server)
+    old = closing(connect(server, "ws"))
+    sync_subscribers(server.url, [old])
+    last = publish(server.url, title="before")
+    assert old.next_notification(5)["id"] == last
+    for _attempt in range(3):  # a slow resume can miss the window; bounded retries
+        seen = server.log.read_text().count("retrying in 1.0s")
+        redis_server.stop()
+        deadline = time.monotonic() + 20
+        while server.log.read_text().count("retrying in 1.0s") == seen:  # it now looks again in 1 s
+            assert time.monotonic() < deadline, "the follower never backed off to 1 s"
+            time.sleep(0.02)
+        backed_off = time.monotonic()
+        redis_server.start()  # empty: history is gone
+        new = closing(connect(server, "ws", last_id=last))
+        assert new.next_notification(10)["type"] == RESET
+        if time.monotonic() - backed_off < 0.8:  # resumed before the follower looked again
+            break
+        new.close()
+    else:
+        pytest.fail("could not resume within the follower's backoff in 3 attempts")
+    _, code = old.drain_until_closed(timeout=15)  # the gap, found after the resume
+    assert code == 1012
+    for i in range(2):  # the resumed one carries on, before and after the gap was handled
+        live = publish(server.url, title=f"live {i}")
+        assert new.next_notification(5)["id"] == live
+
+
 def test_redis_restarted_with_its_data_resumes_without_reset(notifier_server, redis_factory, closing):
     redis = redis_factory(persist=True)
     server = notifier_server(workers=1, redis=redis)

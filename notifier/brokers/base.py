@@ -17,7 +17,9 @@ from ..runtime import Runtime
 Deliver = Callable[[Notification], None]
 Entry = tuple[str, str, bytes]
 """One notification to store: (hub key, type, the JSON of its fields)."""
-OnGap = Callable[[], None]
+OnGap = Callable[[float], None]
+"""Told the ``time.monotonic()`` at which the broker stopped following: connections
+attached since then resumed from history as it is now, so only older ones must resume."""
 Wants = Callable[[str], bool]
 
 
@@ -47,7 +49,8 @@ class Broker(ABC):
         reads what other processes published may skip the rest without decoding it.
 
         ``on_gap`` is called if the broker finds it can no longer deliver everything
-        after the last notification it delivered (its history moved past that point).
+        after the last notification it delivered (its history moved past that point), with
+        the time it lost its place.
         """
 
     @abstractmethod

@@ -221,7 +221,7 @@ class RedisBroker(Broker):
         last = client.xrevrange(self.stream, count=1)
         return last[0][0].decode() if last else "0-0"
 
-    def _check_gap(self, client: redis.Redis) -> None:
+    def _check_gap(self, client: redis.Redis, lost_at: float) -> None:
         """After a reconnect: can we continue after the last id we delivered without a gap?
 
         Not if the stream is gone (Redis restarted empty) or entries newer than it were
@@ -245,7 +245,7 @@ class RedisBroker(Broker):
         # the connections that have just resumed.
         self._last_is_a_guess = True
         if self._on_gap is not None:
-            self._on_gap()
+            self._on_gap(lost_at)
 
     def _follow(self, generation: int) -> None:
         """Follow the stream forever; on any Redis error, back off and go on from the last id."""
@@ -257,14 +257,14 @@ class RedisBroker(Broker):
         reader = _own_connection(client)
         backoff = 0.1
         next_trim = 0.0
-        reconnecting = False
+        lost_at: float | None = None  # when following broke off (time.monotonic()), until it resumes
         while self._generation == generation:
             try:
                 if self._last is None:
                     self._last = self._tail(client)
-                if reconnecting:
-                    self._check_gap(client)
-                    reconnecting = False
+                if lost_at is not None:
+                    self._check_gap(client, lost_at)
+                    lost_at = None
                 if time.monotonic() >= next_trim:
                     client.xtrim(self.stream, minid=f"{max(now_ms() - self.ttl_ms, 0)}-0", approximate=True)
                     next_trim = time.monotonic() + TRIM_EVERY
@@ -288,7 +288,10 @@ class RedisBroker(Broker):
                 if self.connected:
                     self.reconnects += 1
                 self.connected = False
-                reconnecting = True
+                if lost_at is None:
+                    # A connection that attaches after this read history once Redis was back
+                    # (before that its read fails): a gap found later is not its own.
+                    lost_at = time.monotonic()
                 log.warning("redis follower lost connection (%s); retrying in %.1fs", exc, backoff)
                 client.connection_pool.disconnect()
                 reader.disconnect()

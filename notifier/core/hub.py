@@ -172,11 +172,13 @@ class Hub:
         self.delivered += delivered
         return delivered
 
-    def close_all(self, code: int = GOING_AWAY, reason: str = "server shutting down", final: bool = True) -> int:
-        """Close every live subscriber; ``final`` (shutdown) also refuses new ones."""
+    def close_all(self, code: int = GOING_AWAY, reason: str = "server shutting down", final: bool = True,
+                  attached_before: float | None = None) -> int:
+        """Close every live subscriber (or those attached before ``attached_before``, a
+        ``time.monotonic()``); ``final`` (shutdown) also refuses new ones."""
         with self._lock:
             self.closing = self.closing or final
-            subs = list(self._subscribers)
+            subs = [s for s in self._subscribers if attached_before is None or s.since < attached_before]
         for sub in subs:
             if not final:  # they stay registered only while the server winds down
                 self.unsubscribe(sub)

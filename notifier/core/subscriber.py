@@ -2,6 +2,7 @@
 and the connection that takes its bytes."""
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .notification import BROADCAST, user_key
@@ -21,7 +22,7 @@ def entitled_keys(user_id: str | None, topics: Iterable[str]) -> set[str]:
 class Subscriber:
     """Registered in the hub under each of its ``keys``; ``connection`` takes what is fanned out."""
 
-    __slots__ = ("connection", "offer", "keys", "user_id", "transport", "grant", "__weakref__")
+    __slots__ = ("connection", "offer", "keys", "user_id", "transport", "grant", "since", "__weakref__")
 
     def __init__(self, connection: "Connection", transport: str, user_id: str | None,
                  topics: Iterable[str], grant: Any = None) -> None:
@@ -31,6 +32,7 @@ class Subscriber:
         self.user_id = user_id
         self.keys = entitled_keys(user_id, topics)
         self.grant = grant  # the verified token (tokens.Grant), if any
+        self.since = time.monotonic()  # when it attached: a broker's gap closes only older ones
 
     @property
     def topics(self) -> int:
