@@ -22,6 +22,16 @@ def login():
     return jsonify(user=session["user_id"])
 
 
+@app.post("/logout")
+def logout():
+    """Logging out ends the user's open notification streams too, in every tab and on
+    every worker: a stream opened with the session cookie would otherwise outlive it."""
+    user = session.pop("user_id", None)
+    if user is not None:
+        notifier.disconnect(user)
+    return jsonify(user=None)
+
+
 @app.post("/orders")
 def create_order():
     """Business code publishing from Python: the buyer gets a notification."""

@@ -13,7 +13,8 @@ cron jobs and other services can use it::
 with exponential backoff (the server's ``retry:`` hint first, then doubling up to
 ``max_backoff``), and resumes from the last id it saw (``Last-Event-ID``), so a drop
 loses nothing that is still in the server's history. When the server no longer holds
-that id the next item is a ``notifier.reset`` notification: refetch your state.
+that id the next item is a ``notifier.reset`` notification: refetch your state. After a
+``notifier.disconnect`` (the server disconnected this user: a logout) it ends instead.
 Every socket operation has a timeout; a stream that stays silent longer than
 ``read_timeout`` (the server sends a keepalive every ``NOTIFIER_HEARTBEAT`` seconds)
 counts as dropped.
@@ -40,6 +41,8 @@ PUBLISH_RETRIES = 3
 PUBLISH_BACKOFF = 0.5
 MAX_PUBLISH_DELAY = 5.0
 RESET = "notifier.reset"
+DISCONNECT = "notifier.disconnect"
+"""The server ended this user's connections (a logout): the subscription ends, no reconnect."""
 """Type of the notification that says: your resume point is gone, refetch state."""
 
 TokenSource = str | Callable[[], str] | None
@@ -261,6 +264,10 @@ class Subscription:
                         if notification.get("type") == RESET:
                             log.info("resume point gone: %s", notification.get("message"))
                         yield notification
+                        if notification.get("type") == DISCONNECT:
+                            log.info("disconnected by the server: not reconnecting")
+                            self._closed = True
+                            return
                     log.info("stream ended by the server; resuming after %s", self.last_event_id)
             except ClientError:
                 raise

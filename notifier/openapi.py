@@ -77,6 +77,24 @@ def spec(base_path: str = "") -> dict[str, Any]:
                     "503": _error("broker unavailable or too busy: not accepted (see Retry-After)"),
                 },
             }},
+            "/disconnect": {"post": {
+                "summary": "End every connection of a user, on every worker and host (WebSocket close "
+                           "4001, SSE a last notifier.disconnect event)",
+                "security": [{"publisherKey": []}, {}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["user_id"], "additionalProperties": False,
+                    "properties": {"user_id": {"type": "string", "minLength": 1}}}}}},
+                "responses": {
+                    "202": {"description": "accepted: connections end within a second",
+                            "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "400": _error("bad JSON, or not {\"user_id\": ...}"),
+                    "401": _error("publisher key missing"),
+                    "403": _error("wrong key, or not a local peer while NOTIFIER_API_KEYS is unset"),
+                    "415": _error("not application/json"),
+                    "429": _error("publish rate over NOTIFIER_PUBLISH_RATE (see Retry-After)"),
+                    "503": _error("broker unavailable: not accepted (see Retry-After)"),
+                },
+            }},
             "/events": {"get": {
                 "summary": "Subscribe with Server-Sent Events",
                 "parameters": _subscribe_params(resume=True),

@@ -12,13 +12,14 @@ from .brokers import create_broker
 from .config import Settings
 from .core.closing import RESTART
 from .core.hub import Hub
-from .core.notification import BROADCAST, Notification, encode_fields, format_id, now_iso, parse_id, target_key
+from .core.notification import BROADCAST, DISCONNECT, Notification, encode_fields, format_id, now_iso, parse_id, \
+    target_key, user_key
 from .core.subscriber import Subscriber
 from .brokers.base import Entry
 from .errors import InvalidNotification, PayloadTooLarge, TooManyRequests, WorkerFull
 from .idempotency import Published, idempotency
 from .runtime import Runtime, detect
-from .validation import validate_batch, validate_publish
+from .validation import user_id_of, validate_batch, validate_publish
 
 if TYPE_CHECKING:
     from .transports.socket_writer import SocketWriter
@@ -91,6 +92,20 @@ class Service:
                 for fields, notification_id in zip(items, published.ids):
                     listener(fields, notification_id)
         return published
+
+    def disconnect(self, user_id: Any, publisher: str | None = None, *, start: bool = True) -> str:
+        """End every open connection of ``user_id`` on every worker and host (WebSocket 4001,
+        SSE a last ``notifier.disconnect`` event); returns the id of the entry that carries it.
+
+        It goes through the broker like a notification (held to the publish rate), so a
+        worker that was away from Redis still gets it when it catches up; history skips it.
+        """
+        user = user_id_of(user_id)
+        fields = {"type": DISCONNECT, "title": "", "message": "disconnected by the server", "ts": now_iso(),
+                  "user_id": user}
+        if start:
+            self.start()
+        return self.broker.publish([(user_key(user), DISCONNECT, encode_fields(fields))], publisher).id
 
     def _entry(self, fields: dict[str, Any], index: int | None) -> Entry:
         """What the broker stores for one notification; each keeps NOTIFIER_MAX_MESSAGE_BYTES."""

@@ -448,6 +448,50 @@ def test_an_expired_token_is_replaced_by_calling_the_token_function_again(notifi
     assert page.evaluate("window.alice.stats.duplicates") == 0
 
 
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_a_disconnected_user_is_closed_and_not_reconnected_while_others_go_on(notifier_server, redis_server, page,
+                                                                            transport):
+    """POST /disconnect for alice: her page fires "disconnect", ends "closed" and opens nothing
+    more (WebSocket close 4001, or SSE's last notifier.disconnect event); bob's page goes on."""
+    from notifier.tokens import issue_token
+
+    server = notifier_server(workers=2, redis=redis_server, env={"NOTIFIER_SECRET": SECRET})
+    open_demo(page, server.url)
+    page.evaluate("""([alice, bob, transport]) => {
+        window.clients = {};
+        window.got = {alice: [], bob: []};
+        window.states = {alice: [], bob: []};
+        window.disconnects = [];
+        for (const [name, token] of [['alice', alice], ['bob', bob]]) {
+            const c = new Notifier({token, transports: [transport], minDelay: 100, maxDelay: 200});
+            c.on('notification', (n) => window.got[name].push(n.title));
+            c.on('state', (state, info) => window.states[name].push([state, info.code ?? null]));
+            if (name === 'alice') c.on('disconnect', (info) => window.disconnects.push(info));
+            c.connect();
+            window.clients[name] = c;
+        }
+    }""", [issue_token(SECRET, "alice"), issue_token(SECRET, "bob"), transport])
+    deadline = time.monotonic() + 10
+    while not all(page.evaluate("[window.got.alice.includes('hi'), window.got.bob.includes('hi')]")):
+        assert time.monotonic() < deadline, "the pages never got their notifications"
+        publish(server.url, user_id="alice", title="hi")
+        publish(server.url, user_id="bob", title="hi")
+        page.wait_for_timeout(200)
+    r = requests.post(server.url + "/disconnect", json={"user_id": "alice"}, timeout=5)
+    assert r.status_code == 202, r.text
+    page.wait_for_function("window.clients.alice.state === 'closed'")
+    page.wait_for_timeout(1000)  # time for a reconnect (minDelay 100 ms), which must not come
+    states = page.evaluate("window.states.alice")
+    assert states[-1][0] == "closed" and [s for s, _ in states].count("connecting") == 1, states
+    if transport == "websocket":
+        assert states[-1][1] == 4001, states
+    info = page.evaluate("window.disconnects")
+    assert len(info) == 1 and info[0]["transport"] == transport, info
+    publish(server.url, user_id="bob", title="bob goes on")
+    page.wait_for_function("window.got.bob.includes('bob goes on')")
+    assert page.evaluate("window.clients.bob.state") == "connected"
+
+
 def test_sse_parser_handles_any_chunking_and_line_endings(server, page):
     """The SSE reader sees the stream in whatever pieces the network gives: here one character at a time."""
     page.goto(server.url + "/notifier.js")  # any page of the server's origin

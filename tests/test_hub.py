@@ -195,3 +195,16 @@ def test_close_all_attached_before_a_moment_leaves_later_ones_and_admits_newcome
     assert hub.close_all(1012, "resume", final=False, attached_before=moment) == 1
     assert older.closed[0] == 1012 and not later.closed
     assert len(hub) == 1 and len(attach(hub)[1].frames) == 0 and len(hub) == 2
+
+
+def test_a_disconnect_closes_every_connection_of_its_user_after_what_came_before_and_is_not_offered():
+    from notifier.core.closing import DISCONNECTED
+    from notifier.core.notification import DISCONNECT
+
+    hub = make_hub()
+    (_, a1), (_, a2), (_, bob) = attach(hub, "alice"), attach(hub, "alice", transport="sse"), attach(hub, "bob")
+    end = Notification(format_id(1_700_000_000_000, 9), user_key("alice"), DISCONNECT, encode_fields({"title": ""}))
+    assert fan_out(hub, note(1, user_key("alice")), end, note(2)) == 2 + 1  # alice's note to both; the broadcast: bob
+    assert a1.take() == a2.take() == [note(1).id] and bob.take() == [note(2).id]
+    assert a1.closed[0] == a2.closed[0] == DISCONNECTED and bob.closed is None
+    assert len(hub) == 1 and hub.user_connections("alice") == 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from clients import SSEClient, WSClient, publish, sync_subscribers
+from clients import SSEClient, StreamClosed, WSClient, connect_until_spread, publish, sync_subscribers
 
 PREFIX = "/notifier"
 
@@ -110,3 +110,33 @@ def test_a_host_websocket_route_keeps_its_reader_next_to_notifiers(notifier_serv
         echo.close()
     nid = publish(server.url, path="/n/notify", title="still here")
     assert sub.next_notification(5)["id"] == nid
+
+
+def test_logout_disconnects_the_users_streams_on_every_worker_and_no_one_elses(server, closing):
+    """The example's logout calls ``notifier.disconnect(user)``: every stream opened with
+    alice's session ends (WebSocket 4001, SSE a last notifier.disconnect event), on both
+    workers; bob's carry on."""
+    alice, bob = login(server, "alice"), login(server, "bob")
+
+    def make(i):
+        if i % 2:
+            return closing(SSEClient(server.url, path=PREFIX + "/events", cookie=alice))
+        return closing(WSClient(server.url, path=PREFIX + "/ws", cookie=alice))
+
+    alices = connect_until_spread(server, make) if server.workers > 1 else [make(0), make(1)]
+    bobs = [closing(WSClient(server.url, path=PREFIX + "/ws", cookie=bob)),
+            closing(SSEClient(server.url, path=PREFIX + "/events", cookie=bob))]
+    sync_subscribers(server.url, alices + bobs, path=PREFIX + "/notify")
+    r = requests.post(server.url + "/logout", headers={"Cookie": alice}, timeout=5)
+    assert r.status_code == 200, r.text
+    for c in alices:
+        if isinstance(c, WSClient):
+            assert c.drain_until_closed(timeout=10)[1] == 4001
+        else:
+            last = c.next_event(10)
+            assert (last.event, last.id, last.json["type"]) == ("notifier.disconnect", None, "notifier.disconnect")
+            with pytest.raises(StreamClosed):
+                c.next_event(10)
+    after = pub(server, title="still here")
+    for c in bobs:
+        assert c.next_notification(10)["id"] == after

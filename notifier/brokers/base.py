@@ -55,7 +55,8 @@ class Broker(ABC):
 
     @abstractmethod
     def history(self, after: str | None = None) -> list[Notification] | None:
-        """History, oldest first: every notification after ``after`` (all of it if None).
+        """History, oldest first: every notification after ``after`` (all of it if None),
+        without disconnects (``DISCONNECT``: sent through the stream, not kept).
 
         None when ``after`` is not in history (trimmed, expired, or another epoch): what
         came after it can no longer be told, so the caller sends ``notifier.reset``.

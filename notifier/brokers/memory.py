@@ -7,7 +7,7 @@ from collections import deque
 from typing import Sequence
 
 from ..config import Settings
-from ..core.notification import Notification, format_id, now_ms
+from ..core.notification import DISCONNECT, Notification, format_id, now_ms
 from ..errors import IdempotencyConflict
 from ..idempotency import CONFLICT, Idempotency, Published
 from ..ratelimit import RateLimiter
@@ -83,7 +83,8 @@ class MemoryBroker(Broker):
                 if after is not None and notification.id <= after:
                     found = notification.id == after
                     break
-                newer.append(notification)
+                if notification.type != DISCONNECT:  # sent through, never kept
+                    newer.append(notification)
         if not found:
             return None
         newer.reverse()

@@ -20,7 +20,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..config import Settings
-from ..core.notification import Notification, now_ms, parse_id
+from ..core.notification import DISCONNECT, Notification, now_ms, parse_id
 from ..errors import BrokerUnavailable, ConfigError, IdempotencyConflict
 from ..idempotency import CONFLICT as CONFLICT_MESSAGE
 from ..idempotency import Idempotency, Published
@@ -171,7 +171,7 @@ class RedisBroker(Broker):
             found: list[Notification] = []
             while True:
                 entries = self.client.xrange(self.stream, start, "+", count=PAGE)
-                found.extend(n for n in map(entry_notification, entries) if n is not None)
+                found.extend(n for n in map(entry_notification, entries) if n is not None and n.type != DISCONNECT)
                 if len(entries) < PAGE:
                     return found
                 start = "(" + entries[-1][0].decode()

@@ -10,3 +10,5 @@ RESTART = 1012
 """The worker lost its place in history: resume from the last id seen."""
 TOO_SLOW = 1013
 """The client's send queue overflowed, or history is unreachable for the moment."""
+DISCONNECTED = 4001
+"""Disconnected by the server (a logout, a revoked permission): do not reconnect."""

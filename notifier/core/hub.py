@@ -19,8 +19,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
-from .closing import GOING_AWAY, TOO_SLOW
-from .notification import Frames, Notification, user_key
+from .closing import DISCONNECTED, GOING_AWAY, TOO_SLOW
+from .notification import DISCONNECT, Frames, Notification, user_key
 from .subscriber import Subscriber
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ class Hub:
         self.closing = False
         self._batch: list[Notification] = []
         self._flush_pending = False
+        self._disconnects = False  # the batch holds a user's disconnect (rare: checked per batch)
         self._next_flush = 0.0
         self.delivered = 0
         self.dropped_slow = 0
@@ -117,6 +118,8 @@ class Hub:
         """Add a notification to the next flush; never blocks, never writes."""
         with self._lock:
             self._batch.append(notification)
+            if notification.type == DISCONNECT:
+                self._disconnects = True
             if self._flush_pending:
                 return
             self._flush_pending = True
@@ -126,15 +129,19 @@ class Hub:
         """Offer everything dispatched since the last flush. Returns deliveries.
 
         Runs where the runtime schedules it (a gevent loop callback): it must not block,
-        and connections' ``offer`` never does.
+        and connections' ``offer`` never does. A user's disconnect closes that user's
+        connections in its place in the batch: after what came before it, before the rest.
         """
         try:
             started = time.monotonic()
             with self._lock:
                 self._flush_pending = False
                 batch, self._batch = self._batch, []
-                groups = self._groups(batch) if batch else []
-            delivered = sum(self._offer(notes, subs) for notes, subs in groups)
+                disconnects, self._disconnects = self._disconnects, False
+            if disconnects:
+                delivered, batch = self._offer_with_disconnects(batch)
+            else:
+                delivered = self._offer_batch(batch)
             took = time.monotonic() - started
             self._next_flush = started + min(self.flush_interval, FLUSH_COST_SHARE * took)
             if batch and self.on_flush is not None:
@@ -143,6 +150,27 @@ class Hub:
         except Exception:  # a loop callback must not raise; nothing here is expected to
             log.exception("fan-out failed")
             return 0
+
+    def _offer_batch(self, batch: list[Notification]) -> int:
+        if not batch:
+            return 0
+        with self._lock:
+            groups = self._groups(batch)
+        return sum(self._offer(notes, subs) for notes, subs in groups)
+
+    def _offer_with_disconnects(self, batch: list[Notification]) -> tuple[int, list[Notification]]:
+        """The batch in runs between its disconnects, each disconnect closing its user's
+        connections after the run before it; (deliveries, the notifications offered)."""
+        delivered, run, offered = 0, [], []
+        for notification in batch:
+            if notification.type != DISCONNECT:
+                run.append(notification)
+                continue
+            delivered += self._offer_batch(run)
+            offered += run
+            run = []
+            self.close_key(notification.target, DISCONNECTED, "disconnected by the server")
+        return delivered + self._offer_batch(run), offered + run
 
     def _groups(self, batch: list[Notification]) -> list[tuple[Sequence[Notification], tuple[Subscriber, ...]]]:
         """The batch split by who gets what: subscribers listening to the same keys
@@ -171,6 +199,15 @@ class Hub:
         delivered = len(notes) * (len(subs) - len(slow))
         self.delivered += delivered
         return delivered
+
+    def close_key(self, key: str, code: int, reason: str) -> int:
+        """Close every subscriber listening to ``key`` (a user's: disconnect them)."""
+        with self._lock:
+            subs = list(self._index.get(key, ()))
+        for sub in subs:
+            self.unsubscribe(sub)
+            sub.connection.close(code, reason)
+        return len(subs)
 
     def close_all(self, code: int = GOING_AWAY, reason: str = "server shutting down", final: bool = True,
                   attached_before: float | None = None) -> int:

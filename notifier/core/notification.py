@@ -15,6 +15,10 @@ from ..errors import InvalidNotification
 
 BROADCAST = "@all"
 """Hub key of a notification for every connection; '@' is not allowed in topic names."""
+DISCONNECT = "notifier.disconnect"
+"""Type of the entry that ends every connection of its user (POST /disconnect): sent
+through the broker like a notification, so every worker and host gets it, but never kept
+in history or delivered as one."""
 
 LINE_BREAKS = (("\u0085", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
 """Characters ``str.splitlines()`` splits on that ``json.dumps(ensure_ascii=False)`` leaves raw."""
@@ -163,3 +167,22 @@ class Notification:
 
     def __repr__(self) -> str:
         return f"Notification(id={self.id!r}, target={self.target!r}, type={self.type!r})"
+
+
+class Event:
+    """A message that is not kept in history and carries no id, so it never moves a
+    client's resume point (SSE: no ``id:`` line), in the same wire forms as a Notification."""
+
+    __slots__ = ("type", "body", "ws_frame", "sse_chunk", "sse_chunked")
+
+    def __init__(self, type: str, fields: dict[str, Any]) -> None:
+        self.type = type
+        self.body = encode_fields({"type": type, **fields})
+        self.ws_frame = ws_text_frame(self.body)
+        self.sse_chunk = b"event: " + type.encode() + b"\ndata: " + self.body + b"\n\n"
+        self.sse_chunked = http_chunk(self.sse_chunk)
+
+
+def disconnect_event() -> Event:
+    """An SSE stream's last event when the server disconnects its user."""
+    return Event(DISCONNECT, {"title": "", "message": "disconnected by the server", "ts": now_iso()})

@@ -84,6 +84,14 @@ class Notifier:
         """
         return self.service().publish(list(notifications), idempotency_key=idempotency_key).ids
 
+    def disconnect(self, user_id: str | int) -> None:
+        """End every open connection of ``user_id`` on every worker and host, within a
+        second (a logout, a revoked permission); ``notifier.js`` and
+        ``notifier.client.subscribe`` do not reconnect after it. New connections are judged
+        by the app's session or token as usual. Raises ``BrokerUnavailable`` when the
+        broker did not take it: retry."""
+        self.service().disconnect(user_id)
+
     def issue_token(self, user_id: str | int, topics: tuple[str, ...] | list[str] = (), ttl: int = DEFAULT_TTL) -> str:
         """A subscriber token for ``user_id`` granting private ``topics``, signed with NOTIFIER_SECRET."""
         return issue_token(self.service().settings.secret, user_id, topics, ttl)

@@ -1,4 +1,4 @@
-"""The HTTP routes, as module-level views: POST /notify, GET /events, GET /ws, GET /notifications,
+"""The HTTP routes, as module-level views: POST /notify, POST /disconnect, GET /events, GET /ws, GET /notifications,
 /healthz, /readyz, /metrics, /openapi.json. ``blueprint.py`` mounts them; every error is JSON.
 """
 from __future__ import annotations
@@ -95,6 +95,17 @@ def notify() -> tuple[Response, int]:
     if published.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response, 202
+
+
+def disconnect() -> tuple[Response, int]:
+    """POST /disconnect {"user_id": U}: end every connection of U, on every worker and host."""
+    svc = service()
+    key = check_publisher(request.environ, svc.settings.api_keys)
+    payload = read_json_body(svc)
+    if not isinstance(payload, dict) or set(payload) != {"user_id"}:
+        raise InvalidNotification('body must be {"user_id": ...}')
+    svc.disconnect(payload["user_id"], publisher_id(key, request.environ))
+    return json_bytes(b"{}"), 202
 
 
 def events() -> Response:

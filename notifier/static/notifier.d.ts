@@ -3,7 +3,8 @@
 
 declare namespace Notifier {
   type Transport = "websocket" | "sse";
-  /** idle: before connect(); disconnected: waiting `info.delay` ms to reconnect; closed: after close(). */
+  /** idle: before connect(); disconnected: waiting `info.delay` ms to reconnect; closed: after close(), or
+   * after the server disconnected the user (`info.disconnected`). */
   type State = "idle" | "connecting" | "connected" | "disconnected" | "closed";
 
   /** A notification as delivered (see the server's API). `id`s sort as strings in publish order. */
@@ -42,8 +43,11 @@ declare namespace Notifier {
     transport?: Transport;
     /** disconnected: ms until the next attempt */
     delay?: number;
-    /** WebSocket close code (1001 shutdown, 1008 policy/expired token, 1012, 1013 too slow, 1006 dropped) */
+    /** WebSocket close code (1001 shutdown, 1008 policy/expired token, 1012, 1013 too slow, 1006 dropped,
+     * 4001 disconnected by the server) */
     code?: number;
+    /** closed: the server disconnected the user (it does not reconnect) */
+    disconnected?: boolean;
     reason?: string;
     /** HTTP status of a refused SSE request */
     status?: number;
@@ -70,7 +74,7 @@ declare class Notifier {
   readonly stats: { received: number; duplicates: number; connects: number };
 
   connect(): this;
-  close(): void;
+  close(info?: Notifier.StateInfo): void;
   /** Resolves when the server has the subscription; rejects if it refuses it (e.g. a private topic). */
   subscribe(topic: string): Promise<void>;
   unsubscribe(topic: string): Promise<void>;
@@ -83,5 +87,7 @@ declare class Notifier {
   on(event: "reset", fn: (n: Notifier.Notification) => void): this;
   on(event: "state", fn: (state: Notifier.State, info: Notifier.StateInfo) => void): this;
   on(event: "error", fn: (error: Notifier.ErrorInfo) => void): this;
+  /** The server disconnected this user (a logout, a revoked permission): the client closes and does not reconnect. */
+  on(event: "disconnect", fn: (info: Notifier.StateInfo) => void): this;
   off(event: string, fn: (...args: any[]) => void): this;
 }

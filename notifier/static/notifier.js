@@ -16,6 +16,8 @@
  * - "notifier.reset" (the resume point left history) is not a notification: it moves the
  *   resume point on and fires "reset", so the page refetches its state.
  * - subscribe/unsubscribe: WebSocket actions; on SSE, a reconnect with the new topic list.
+ * - Disconnected by the server (WebSocket close 4001, or SSE's last "notifier.disconnect"
+ *   event: a logout, a revoked permission): fires "disconnect" and closes, no reconnect.
  */
 (function (global) {
   "use strict";
@@ -23,6 +25,8 @@
   const TRANSPORTS = ["websocket", "sse"];
   const STABLE_MS = 10000; // a connection that lived this long starts the backoff over
   const RESET = "notifier.reset";
+  const DISCONNECT = "notifier.disconnect";
+  const DISCONNECTED = 4001; // WebSocket close code: the server ended this user's connections
 
   // Where this script was loaded from is where notifier is mounted (also under a url_prefix).
   const script = typeof document !== "undefined" ? document.currentScript : null;
@@ -80,7 +84,7 @@
       return this;
     }
 
-    close() {
+    close(info = {}) {
       this._drop();
       clearTimeout(this._timer);
       if (global.removeEventListener) global.removeEventListener("online", this._online);
@@ -88,7 +92,12 @@
       for (const entry of [...this._pending, ...this._waiting]) entry.reject(error);
       this._pending = [];
       this._waiting = [];
-      this._setState("closed", {});
+      this._setState("closed", info);
+    }
+
+    _disconnected(info) {
+      this._emit("disconnect", info);
+      this.close({ ...info, disconnected: true });
     }
 
     /** Resolves once the server has the subscription (WebSocket ack, or an SSE stream opened with it). */
@@ -186,7 +195,10 @@
       ws.onopen = () => { if (gen === this._gen) { opened = true; this._opened(); } };
       ws.onmessage = (e) => { if (gen === this._gen) this._frame(e.data); };
       ws.onclose = (e) => {
-        if (gen === this._gen) this._lost({ transport: "websocket", code: e.code, reason: e.reason }, opened);
+        if (gen !== this._gen) return;
+        const info = { transport: "websocket", code: e.code, reason: e.reason };
+        if (e.code === DISCONNECTED) this._disconnected(info);
+        else this._lost(info, opened);
       };
     }
 
@@ -297,6 +309,10 @@
         return;
       }
       if (message === null || typeof message !== "object") return;
+      if (message.type === DISCONNECT && !("id" in message)) { // an event stream's last event
+        this._disconnected({ transport: "sse", reason: message.message });
+        return;
+      }
       if (typeof message.id === "string" && typeof message.type === "string") {
         this._notification(message);
       } else if ("ack" in message) {

@@ -19,8 +19,8 @@ import time
 from random import random
 from typing import Any, Callable, Iterator, Sequence
 
-from ..core.closing import POLICY
-from ..core.notification import Frames, Notification
+from ..core.closing import DISCONNECTED, POLICY
+from ..core.notification import Frames, Notification, disconnect_event
 from ..core.send_queue import Empty, Full
 from ..runtime import Runtime
 
@@ -183,6 +183,11 @@ class SocketWriter:
                 chunks.extend(more)
             if chunks:
                 return b"".join(chunks)
+        if self.close_code == DISCONNECTED and self.wire.startswith("sse") and not self.ended:
+            # An event stream has no close code: it says why it ends in a last event (a
+            # WebSocket's close frame carries 4001).
+            self.ended = True
+            return getattr(disconnect_event(), self.wire)
         return None
 
     def _drain(self, first: Any) -> list[bytes]:
