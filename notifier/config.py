@@ -129,6 +129,8 @@ class Settings:
     body_timeout: float = 10.0
     max_batch_bytes: int = 1048576
     redis_url_key: str | None = None
+    presence_ttl: int = 30
+    presence_events: tuple[str, ...] = ()
 
     @property
     def max_subscribers(self) -> int:
@@ -177,10 +179,24 @@ class Settings:
             idempotency_ttl=_number(config, "NOTIFIER_IDEMPOTENCY_TTL", 86400),
             body_timeout=_number(config, "NOTIFIER_BODY_TIMEOUT", 10.0, float, minimum=0.1),
             max_batch_bytes=_number(config, "NOTIFIER_MAX_BATCH_BYTES", 1048576),
+            presence_ttl=_number(config, "NOTIFIER_PRESENCE_TTL", 30),
+            presence_events=_presence_patterns(config),
             demo=_flag(config, "NOTIFIER_DEMO", standalone),
             metrics_route=_flag(config, "NOTIFIER_METRICS", True),
             openapi_route=_flag(config, "NOTIFIER_OPENAPI", True),
         )
+
+
+def _presence_patterns(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """``NOTIFIER_PRESENCE_EVENTS``: topic names, a trailing ``*`` matching a prefix."""
+    from .validation import TOPIC_RE  # the topic rule, in one place
+
+    patterns = _list(config, "NOTIFIER_PRESENCE_EVENTS")
+    for pattern in patterns:
+        name = pattern[:-1] if pattern.endswith("*") else pattern
+        if name and not TOPIC_RE.fullmatch(name) or (not name and pattern != "*"):
+            raise ConfigError("NOTIFIER_PRESENCE_EVENTS", f"not a topic name or prefix*: {pattern!r}")
+    return patterns
 
 
 def server_port() -> int:

@@ -101,3 +101,5 @@ def drain(worker: Any) -> None:
     stop_all()  # if gunicorn noticed the stop before the watcher did
     if not detect().drain(worker.cfg.graceful_timeout):
         log.warning("worker exiting with connections still open")
+    for service in list(SERVICES):
+        service.presence.flush()  # the connections that closed last leave presence now

@@ -12,11 +12,12 @@ from .brokers import create_broker
 from .config import Settings
 from .core.closing import RESTART
 from .core.hub import Hub
+from .core.presence import PresenceRules
 from .core.notification import BROADCAST, DISCONNECT, Notification, encode_fields, format_id, now_iso, parse_id, \
     target_key, user_key
 from .core.subscriber import Subscriber
 from .brokers.base import Entry
-from .errors import InvalidNotification, PayloadTooLarge, TooManyRequests, WorkerFull
+from .errors import InvalidNotification, NotifierError, PayloadTooLarge, TooManyRequests, WorkerFull
 from .idempotency import Published, idempotency
 from .runtime import Runtime, detect
 from .validation import user_id_of, validate_batch, validate_publish
@@ -40,6 +41,8 @@ class Service:
         self.runtime = runtime or detect()
         self.hub = Hub(self.runtime, settings.flush_interval, on_flush=metrics.written)
         self.broker = create_broker(settings, self.runtime)
+        self.presence = self.broker.presence(PresenceRules(settings.presence_events), self.hub, self._presence_event)
+        self.hub.presence = self.presence
         self.started = False
         self.listeners: list[Listener] = []  # told (fields, id) of each publish: notifier.testing
         self.identify: Callable[[], Any] | None = None  # the host app's hook: who the user is
@@ -52,6 +55,7 @@ class Service:
         if not self.started:
             self.started = True
             self.broker.start(self.hub.dispatch, self._gap, self.hub.wants)
+            self.presence.start()
             metrics.watch(self.hub, self.broker)
             log.info("notifier started: %s broker, %s runtime", type(self.broker).__name__, self.runtime.name)
 
@@ -64,6 +68,15 @@ class Service:
     def stop(self) -> None:
         self.hub.close_all()
         self.broker.stop()
+        self.presence.stop()
+
+    def _presence_event(self, kind: str, topic: str, user_id: str) -> None:
+        """A join or leave for ``topic``'s subscribers, through the broker (not kept)."""
+        fields = {"type": kind, "title": "", "message": "", "ts": now_iso(), "topic": topic, "data": {"user_id": user_id}}
+        try:
+            self.broker.publish([(topic, kind, encode_fields(fields))])
+        except NotifierError as exc:  # presence stays right; only this event is missed
+            log.warning("presence event not sent: %s", exc)
 
     def publish(self, payload: Any, publisher: str | None = None, *, start: bool = True,
                 idempotency_key: str | None = None) -> Published:

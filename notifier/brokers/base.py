@@ -7,12 +7,16 @@ so the embedded default never needs the ``redis`` package to be reachable.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..config import Settings
 from ..core.notification import Notification
 from ..idempotency import Idempotency, Published
 from ..runtime import Runtime
+
+if TYPE_CHECKING:
+    from ..core.hub import Hub
+    from ..core.presence import Emit, Presence, PresenceRules
 
 Deliver = Callable[[Notification], None]
 Entry = tuple[str, str, bytes]
@@ -56,7 +60,7 @@ class Broker(ABC):
     @abstractmethod
     def history(self, after: str | None = None) -> list[Notification] | None:
         """History, oldest first: every notification after ``after`` (all of it if None),
-        without disconnects (``DISCONNECT``: sent through the stream, not kept).
+        without what is sent through but never kept (``EPHEMERAL``: disconnects, joins, leaves).
 
         None when ``after`` is not in history (trimmed, expired, or another epoch): what
         came after it can no longer be told, so the caller sends ``notifier.reset``.
@@ -74,6 +78,12 @@ class Broker(ABC):
     @abstractmethod
     def ready(self) -> bool:
         """True when a publish would reach the broker now."""
+
+    def presence(self, rules: "PresenceRules", hub: "Hub", emit: "Emit") -> "Presence":
+        """Presence as this broker can keep it: here, one worker's hub is all there is."""
+        from ..core.presence import LocalPresence
+
+        return LocalPresence(rules, hub, emit)
 
 
 def create_broker(settings: Settings, runtime: Runtime) -> Broker:

@@ -7,7 +7,7 @@ from collections import deque
 from typing import Sequence
 
 from ..config import Settings
-from ..core.notification import DISCONNECT, Notification, format_id, now_ms
+from ..core.notification import EPHEMERAL, Notification, format_id, now_ms
 from ..errors import IdempotencyConflict
 from ..idempotency import CONFLICT, Idempotency, Published
 from ..ratelimit import RateLimiter
@@ -54,7 +54,7 @@ class MemoryBroker(Broker):
             ids = [n.id for n in notifications]
             if idempotency is not None:
                 self._remember(idempotency, ids)
-            self.ring.extend(notifications)
+            self.ring.extend(n for n in notifications if n.type not in EPHEMERAL)  # those are sent, not kept
             deliver, wants = self._deliver, self._wants
             # Dispatch under the lock so hub order is id order across publishers; only what
             # a connection here wants (one that attaches later resumes from the ring).
@@ -83,8 +83,7 @@ class MemoryBroker(Broker):
                 if after is not None and notification.id <= after:
                     found = notification.id == after
                     break
-                if notification.type != DISCONNECT:  # sent through, never kept
-                    newer.append(notification)
+                newer.append(notification)
         if not found:
             return None
         newer.reverse()

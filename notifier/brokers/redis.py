@@ -13,20 +13,24 @@ import itertools
 import logging
 import secrets
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..config import Settings
-from ..core.notification import DISCONNECT, Notification, now_ms, parse_id
+from ..core.notification import EPHEMERAL, Notification, now_ms, parse_id
 from ..errors import BrokerUnavailable, ConfigError, IdempotencyConflict
 from ..idempotency import CONFLICT as CONFLICT_MESSAGE
 from ..idempotency import Idempotency, Published
 from ..ratelimit import too_many
 from ..runtime import Runtime, Task
 from .base import Broker, Deliver, Entry, OnGap, Wants
+
+if TYPE_CHECKING:
+    from ..core.hub import Hub
+    from ..core.presence import Emit, Presence, PresenceRules
 from .redis_stream import entry_notification, target_of, to_notification_id, to_stream_id
 from .redis_pipeline import NotSent, ScriptPipeline
 from .redis_script import CONFLICT, OVER_RATE, REPLAYED
@@ -94,6 +98,7 @@ class RedisBroker(Broker):
         self.prefix = settings.prefix
         self.stream = f"{settings.prefix}:stream"
         self.history_size = settings.history_size
+        self.presence_ttl = settings.presence_ttl
         self.publish_rate = settings.publish_rate
         self.ttl_ms = settings.history_ttl * 1000
         self.client = _client(self.url, socket_timeout=2.0, pool_size=settings.redis_pool)
@@ -158,6 +163,12 @@ class RedisBroker(Broker):
             self.runtime.sleep(delay)
             delay = min(delay * 2, 0.5)
 
+    def presence(self, rules: "PresenceRules", hub: "Hub", emit: "Emit") -> "Presence":
+        """Presence of every worker and host, in Redis (join/leave go into the stream)."""
+        from .redis_presence import RedisPresence
+
+        return RedisPresence(rules, self, hub, self.runtime, self.presence_ttl, self.history_size)
+
     def history(self, after: str | None = None) -> list[Notification] | None:
         cutoff_ms = now_ms() - self.ttl_ms
         try:
@@ -171,7 +182,7 @@ class RedisBroker(Broker):
             found: list[Notification] = []
             while True:
                 entries = self.client.xrange(self.stream, start, "+", count=PAGE)
-                found.extend(n for n in map(entry_notification, entries) if n is not None and n.type != DISCONNECT)
+                found.extend(n for n in map(entry_notification, entries) if n is not None and n.type not in EPHEMERAL)
                 if len(entries) < PAGE:
                     return found
                 start = "(" + entries[-1][0].decode()

@@ -25,6 +25,7 @@ from .subscriber import Subscriber
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
+    from .presence import Presence
     from ..transports.connection import Connection
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class Hub:
         self._next_flush = 0.0
         self.delivered = 0
         self.dropped_slow = 0
+        self.presence: "Presence | None" = None  # told who attaches and leaves (core.presence)
 
     def __len__(self) -> int:
         return len(self._subscribers)
@@ -69,18 +71,31 @@ class Hub:
         """
         sub = Subscriber(connection, transport, user_id, topics, grant)
         with self._lock:
-            if not self.closing:
+            attached = not self.closing
+            if attached:
                 self._subscribers.add(sub)
                 for key in sub.keys:
                     self._index.setdefault(key, set()).add(sub)
-                return sub
-        connection.close(GOING_AWAY, "server shutting down")
+        if not attached:
+            connection.close(GOING_AWAY, "server shutting down")
+        elif self.presence is not None:
+            self.presence.attached(sub)
         return sub
 
     def wants(self, key: str) -> bool:
         """Whether any subscriber here listens to ``key`` (a lock-free read: a subscriber
         that attaches meanwhile resumes from history, so a skipped notification is not lost)."""
         return key in self._index
+
+    def members(self, key: str) -> list[Subscriber]:
+        """The subscribers listening to ``key`` now."""
+        with self._lock:
+            return list(self._index.get(key, ()))
+
+    def snapshot(self) -> list[Subscriber]:
+        """Every live subscriber now."""
+        with self._lock:
+            return list(self._subscribers)
 
     def user_connections(self, user_id: str) -> int:
         """How many live subscribers of this worker are that user's."""
@@ -89,14 +104,20 @@ class Hub:
 
     def add_topic(self, sub: Subscriber, topic: str) -> None:
         with self._lock:
-            if sub in self._subscribers:
+            added = sub in self._subscribers and topic not in sub.keys
+            if added:
                 sub.keys.add(topic)
                 self._index.setdefault(topic, set()).add(sub)
+        if added and self.presence is not None:
+            self.presence.topic_added(sub, topic)
 
     def remove_topic(self, sub: Subscriber, topic: str) -> None:
         with self._lock:
+            removed = topic in sub.keys and sub in self._subscribers
             sub.keys.discard(topic)
             self._discard(topic, sub)
+        if removed and self.presence is not None:
+            self.presence.topic_removed(sub, topic)
 
     def unsubscribe(self, sub: Subscriber) -> None:
         """Forget a subscriber; safe to call twice (transports call it in ``finally``)."""
@@ -106,6 +127,8 @@ class Hub:
             self._subscribers.discard(sub)
             for key in sub.keys:
                 self._discard(key, sub)
+        if self.presence is not None:
+            self.presence.detached(sub)
 
     def _discard(self, key: str, sub: Subscriber) -> None:
         members = self._index.get(key)

@@ -19,6 +19,12 @@ DISCONNECT = "notifier.disconnect"
 """Type of the entry that ends every connection of its user (POST /disconnect): sent
 through the broker like a notification, so every worker and host gets it, but never kept
 in history or delivered as one."""
+JOIN = "notifier.join"
+LEAVE = "notifier.leave"
+"""Types of the presence events a topic's subscribers get when a user's first connection
+to it opens, and its last one closes (NOTIFIER_PRESENCE_EVENTS)."""
+EPHEMERAL = frozenset({DISCONNECT, JOIN, LEAVE})
+"""Types sent through the broker but never kept in history; delivered, they carry no id."""
 
 LINE_BREAKS = (("\u0085", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
 """Characters ``str.splitlines()`` splits on that ``json.dumps(ensure_ascii=False)`` leaves raw."""
@@ -157,10 +163,14 @@ class Notification:
         self.id = id
         self.target = target
         self.type = type
-        # Splice the id in front of the stored fields: no re-serialization.
-        self.body = b'{"id":"' + id.encode() + b'",' + fields_json[1:]
+        if type in EPHEMERAL:  # no id for a client to resume from: its fields as they are
+            self.body = fields_json
+            self.sse_chunk = b"event: " + type.encode() + b"\ndata: " + fields_json + b"\n\n"
+        else:
+            # Splice the id in front of the stored fields: no re-serialization.
+            self.body = b'{"id":"' + id.encode() + b'",' + fields_json[1:]
+            self.sse_chunk = b"id: " + id.encode() + b"\nevent: " + type.encode() + b"\ndata: " + self.body + b"\n\n"
         self.ws_frame = ws_text_frame(self.body)
-        self.sse_chunk = b"id: " + id.encode() + b"\nevent: " + type.encode() + b"\ndata: " + self.body + b"\n\n"
         # The same as one HTTP/1.1 chunk, for writing straight to the socket of a stream
         # whose chunked framing the server would otherwise add.
         self.sse_chunked = http_chunk(self.sse_chunk)

@@ -46,6 +46,7 @@ def create_blueprint(settings: Settings) -> Blueprint:
     bp.register_error_handler(Exception, unexpected_error)
     bp.add_url_rule("/notify", view_func=_view("notify"), methods=["POST"])
     bp.add_url_rule("/disconnect", view_func=_view("disconnect"), methods=["POST"])
+    bp.add_url_rule("/presence", view_func=_view("presence"))
     bp.add_url_rule("/events", view_func=_view("events"))
     bp.add_url_rule("/ws", view_func=_view("ws"), websocket=True)
     bp.add_url_rule("/ws", endpoint="ws_plain", view_func=_view("ws_without_upgrade"))

@@ -17,6 +17,7 @@ from ..config import Settings
 from ..errors import NotifierError
 from ..service import Service
 from ..tokens import DEFAULT_TTL, issue_token
+from ..validation import check_topic, user_id_of
 from .blueprint import create_blueprint
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,16 @@ class Notifier:
         by the app's session or token as usual. Raises ``BrokerUnavailable`` when the
         broker did not take it: retry."""
         self.service().disconnect(user_id)
+
+    def presence(self, topic: str, limit: int = 1000) -> dict[str, Any]:
+        """Who is on ``topic``, across every worker and host: ``{"topic", "users" (sorted, at
+        most ``limit``), "connections"}``. Identified connections count, and anonymous ones
+        on topics with presence events (NOTIFIER_PRESENCE_EVENTS)."""
+        return self.service().presence.topic(check_topic(topic), limit)
+
+    def online(self, user_id: str | int) -> int:
+        """How many connections ``user_id`` has open, across every worker and host (0: offline)."""
+        return self.service().presence.online(user_id_of(user_id))
 
     def issue_token(self, user_id: str | int, topics: tuple[str, ...] | list[str] = (), ttl: int = DEFAULT_TTL) -> str:
         """A subscriber token for ``user_id`` granting private ``topics``, signed with NOTIFIER_SECRET."""

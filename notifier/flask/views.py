@@ -1,4 +1,4 @@
-"""The HTTP routes, as module-level views: POST /notify, POST /disconnect, GET /events, GET /ws, GET /notifications,
+"""The HTTP routes, as module-level views: POST /notify, POST /disconnect, GET /presence, GET /events, GET /ws, GET /notifications,
 /healthz, /readyz, /metrics, /openapi.json. ``blueprint.py`` mounts them; every error is JSON.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..errors import BrokerUnavailable, IdentifyFailed, InvalidNotification, Not
 from ..ratelimit import publisher_id
 from ..service import Service, check_last_id
 from ..transports import handoff, sse
-from ..validation import user_id_of
+from ..validation import check_topic, user_id_of
 from . import ws_actions
 from .body import read_json_body
 
@@ -108,6 +108,23 @@ def disconnect() -> tuple[Response, int]:
     return json_bytes(b"{}"), 202
 
 
+def presence() -> Response:
+    """GET /presence?topic=T (users and connections) or ?user_id=U (online?), for publishers."""
+    svc = service()
+    check_publisher(request.environ, svc.settings.api_keys)
+    args = request.args
+    if ("topic" in args) == ("user_id" in args):
+        raise InvalidNotification("give topic or user_id")
+    if "user_id" in args:
+        user_id = user_id_of(args["user_id"])
+        connections = svc.presence.online(user_id)
+        return jsonify(user_id=user_id, online=connections > 0, connections=connections)
+    limit = request.args.get("limit", MAX_LIMIT)
+    if not str(limit).isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+        raise InvalidNotification(f"limit must be 1-{MAX_LIMIT}")
+    return jsonify(svc.presence.topic(check_topic(args["topic"]), int(limit)))
+
+
 def events() -> Response:
     started = time.monotonic()
     svc = service()
@@ -119,6 +136,8 @@ def events() -> Response:
     writer = svc.writer("sse_chunk", asked.expires_at)
     session = sse.SSESession(writer, request.environ)
     sub, replay, floor = svc.attach(writer, "sse", asked.user_id, asked.topics, asked.grant, asked.last_id)
+    if svc.presence.counts(sub):
+        session.watch_close()
     runtime = svc.runtime if handoff.possible(request.environ, svc.runtime) else None
     return sse.EventStream(session, svc.settings.heartbeat, replay, floor, partial(svc.hub.unsubscribe, sub), headers,
                            runtime, started)

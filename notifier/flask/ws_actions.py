@@ -1,7 +1,8 @@
-"""The WebSocket client protocol: ``{"action": "subscribe" | "unsubscribe", "topic": T}``.
+"""The WebSocket client protocol: ``{"action": "subscribe" | "unsubscribe" | "presence", "topic": T}``.
 
-Each message gets one answer — ``{"ack": action, "topic": T}`` or ``{"error": ...}`` —
-and the connection stays open either way.
+Each message gets one answer — ``{"ack": action, "topic": T}`` (for presence, with the
+topic's ``users`` and ``connections``) or ``{"error": ...}`` — and the connection stays
+open either way.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..errors import InvalidNotification, NotifierError
 from ..service import Service
 from ..validation import check_topic
 
-ACTIONS = ("subscribe", "unsubscribe")
+ACTIONS = ("subscribe", "unsubscribe", "presence")
 
 
 def answer(service: Service, sub: Subscriber, raw: Any) -> dict[str, Any]:
@@ -23,16 +24,23 @@ def answer(service: Service, sub: Subscriber, raw: Any) -> dict[str, Any]:
         message = parse(raw)
         action = message.get("action")
         if action not in ACTIONS:
-            return {"error": "action must be 'subscribe' or 'unsubscribe'"}
+            return {"error": "action must be 'subscribe', 'unsubscribe' or 'presence'"}
         if action == "subscribe":
             topic = check_topic_access(message.get("topic"), sub.grant)
             limit = service.settings.max_topics
             if topic not in sub.keys and sub.topics >= limit:
                 return {"error": f"too many topics: at most {limit} (NOTIFIER_MAX_TOPICS)"}
             service.hub.add_topic(sub, topic)
-        else:
+        elif action == "unsubscribe":
             topic = check_topic(message.get("topic"))
             service.hub.remove_topic(sub, topic)
+        else:
+            topic = check_topic(message.get("topic"))
+            if topic not in sub.keys:
+                return {"error": f"not subscribed to {topic}"}
+            if not service.presence.rules.events(topic):
+                return {"error": f"no presence on {topic}: not in NOTIFIER_PRESENCE_EVENTS"}
+            return {"ack": action, **service.presence.topic(topic)}
         return {"ack": action, "topic": topic}
     except NotifierError as exc:
         return {"error": exc.message}

@@ -12,15 +12,17 @@ keepalive comment goes out when idle (a closed client is only noticed at the nex
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any, Callable, Iterator, Sequence
 
 from flask import Response
 from werkzeug.wsgi import ClosingIterator
 
+from ..core.closing import NORMAL
 from ..core.notification import Notification, http_chunk
 from ..runtime import Runtime
 from . import handoff
-from .socket_writer import SocketWriter
+from .socket_writer import SocketWriter, os_socket
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +50,42 @@ def opening(replay: Sequence[Notification]) -> bytes:
 class SSESession:
     """One event stream: ``body()`` is the WSGI response body (``EventStream`` wraps it)."""
 
-    __slots__ = ("writer", "direct", "sock")
+    __slots__ = ("writer", "direct", "sock", "watcher")
 
     def __init__(self, writer: SocketWriter, environ: dict) -> None:
         self.writer = writer
+        self.watcher: Any = None
         self.direct = writes_direct(environ, writer)
         writer.wire = "sse_chunked" if self.direct else "sse_chunk"
         self.sock = environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
         if self.sock is not None:
             writer.attach(self.sock, direct=self.direct)  # also lets a stuck write be cut
+
+    def watch_close(self) -> None:
+        """Notice the client closing at once, not at the next write (a keepalive, seconds
+        away): for a connection presence counts, which must drop it within a second."""
+        if not self.direct or self.sock is None:
+            return
+        watcher = self.writer.runtime.watch_readable(os_socket(self.sock).fileno())
+        if watcher is not None:
+            self.watcher = watcher
+            watcher.start(self._on_readable)
+
+    def _on_readable(self) -> None:  # a loop callback: an event-stream client sends nothing but its close
+        self.watcher.stop()
+        try:
+            gone = os_socket(self.sock).recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            gone = False
+        except OSError:
+            gone = True
+        if gone:
+            self.writer.close(NORMAL, "client gone")
+
+    def _unwatch(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
 
     def body(self, heartbeat: float, replay: Sequence[Notification] = (), floor: str | None = None,
              on_end: Callable[[], None] | None = None) -> Iterator[bytes]:
@@ -69,6 +98,7 @@ class SSESession:
                 return
             self._pump(heartbeat, floor)
         finally:
+            self._unwatch()
             writer.detach()
             if on_end is not None:
                 on_end()
@@ -89,6 +119,7 @@ class SSESession:
         except Exception:  # no server above to log it
             log.exception("event stream failed")
         finally:
+            self._unwatch()
             self.writer.detach()
             on_end()
             self.sock.close()
