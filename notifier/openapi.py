@@ -95,6 +95,24 @@ def spec(base_path: str = "") -> dict[str, Any]:
                     "503": _error("broker unavailable: not accepted (see Retry-After)"),
                 },
             }},
+            "/presence": {"get": {
+                "summary": "Who is online: a topic's users and connections, or one user's connections, "
+                           "across every worker and host",
+                "security": [{"publisherKey": []}, {}],
+                "parameters": [
+                    {"name": "topic", "in": "query", "schema": {"type": "string"}},
+                    {"name": "user_id", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                ],
+                "responses": {
+                    "200": {"description": "{topic, users, connections} or {user_id, online, connections}",
+                            "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "400": _error("neither or both of topic and user_id, a bad topic or limit"),
+                    "401": _error("publisher key missing"),
+                    "403": _error("wrong key, or not a local peer while NOTIFIER_API_KEYS is unset"),
+                    "503": _error("broker unavailable (see Retry-After)"),
+                },
+            }},
             "/events": {"get": {
                 "summary": "Subscribe with Server-Sent Events",
                 "parameters": _subscribe_params(resume=True),

@@ -492,6 +492,44 @@ def test_a_disconnected_user_is_closed_and_not_reconnected_while_others_go_on(no
     assert page.evaluate("window.clients.bob.state") == "connected"
 
 
+def test_presence_join_leave_and_the_demo_shows_who_is_online(notifier_server, redis_server, page, closing):
+    """notifier.js: on("join") / on("leave") once per user, presence(topic) over WebSocket, a
+    rejection on SSE; the demo lists who is on its topics."""
+    from clients import WSClient
+    from notifier.tokens import issue_token
+
+    server = notifier_server(workers=2, redis=redis_server,
+                             env={"NOTIFIER_SECRET": SECRET, "NOTIFIER_PRESENCE_EVENTS": "room:*"})
+    open_demo(page, server.url, f"?topic=room:1&token={issue_token(SECRET, 'alice')}")
+    expect(page.locator('#presence li[data-topic="room:1"] .users')).to_have_text("alice")
+    page.evaluate("""([bob, carol]) => {
+        window.events = [];
+        const watch = window.notifierClient;
+        watch.on('join', (e) => window.events.push(['join', e.topic, e.user_id]));
+        watch.on('leave', (e) => window.events.push(['leave', e.topic, e.user_id]));
+        window.bobs = [0, 1].map(() => new Notifier({token: bob, topics: ['room:1']}).connect());
+        window.carolSse = new Notifier({token: carol, topics: ['room:1'], transports: ['sse']}).connect();
+    }""", [issue_token(SECRET, "bob"), issue_token(SECRET, "carol")])
+    page.wait_for_function("window.bobs.every((c) => c.state === 'connected') && window.carolSse.state === 'connected'")
+    expect(page.locator('#presence li[data-topic="room:1"] .users')).to_have_text("alice, bob, carol")
+    users = page.evaluate("window.notifierClient.presence('room:1').then((p) => p.users)")
+    assert users == ["alice", "bob", "carol"]
+    error = page.evaluate("window.carolSse.presence('room:1').then(() => 'resolved', (e) => e.message)")
+    assert "WebSocket" in error
+    dave = closing(WSClient(server.url, topics=["room:1"], token=issue_token(SECRET, "dave")))  # another browser
+    expect(page.locator('#presence li[data-topic="room:1"] .users')).to_have_text("alice, bob, carol, dave")
+    dave.close()
+    page.evaluate("window.bobs[0].close()")
+    page.wait_for_timeout(500)  # a second tab of bob's closing is no leave
+    expect(page.locator('#presence li[data-topic="room:1"] .users')).to_have_text("alice, bob, carol")
+    page.evaluate("window.bobs[1].close(); window.carolSse.close()")
+    expect(page.locator('#presence li[data-topic="room:1"] .users')).to_have_text("alice")
+    events = page.evaluate("window.events")
+    assert sorted(events) == sorted([["join", "room:1", "bob"], ["join", "room:1", "carol"], ["join", "room:1", "dave"],
+                                     ["leave", "room:1", "dave"], ["leave", "room:1", "bob"],
+                                     ["leave", "room:1", "carol"]]), events
+
+
 def test_sse_parser_handles_any_chunking_and_line_endings(server, page):
     """The SSE reader sees the stream in whatever pieces the network gives: here one character at a time."""
     page.goto(server.url + "/notifier.js")  # any page of the server's origin

@@ -54,6 +54,20 @@ declare namespace Notifier {
     error?: unknown;
   }
 
+  interface PresenceEvent {
+    topic: string;
+    user_id: string;
+    ts: string;
+  }
+
+  interface Presence {
+    topic: string;
+    /** sorted user ids */
+    users: string[];
+    /** identified connections, and anonymous ones on this topic */
+    connections: number;
+  }
+
   interface ErrorInfo {
     message: string;
     status?: number;
@@ -78,6 +92,8 @@ declare class Notifier {
   /** Resolves when the server has the subscription; rejects if it refuses it (e.g. a private topic). */
   subscribe(topic: string): Promise<void>;
   unsubscribe(topic: string): Promise<void>;
+  /** Who is on a subscribed topic with presence events now (a WebSocket action; rejects on SSE). */
+  presence(topic: string): Promise<Notifier.Presence>;
 
   /** Every notification. */
   on(event: "notification", fn: (n: Notifier.Notification) => void): this;
@@ -87,6 +103,10 @@ declare class Notifier {
   on(event: "reset", fn: (n: Notifier.Notification) => void): this;
   on(event: "state", fn: (state: Notifier.State, info: Notifier.StateInfo) => void): this;
   on(event: "error", fn: (error: Notifier.ErrorInfo) => void): this;
+  /** A user's first connection to a topic with presence events opened (NOTIFIER_PRESENCE_EVENTS). */
+  on(event: "join", fn: (e: Notifier.PresenceEvent) => void): this;
+  /** A user's last connection to that topic closed, or expired after a crash. */
+  on(event: "leave", fn: (e: Notifier.PresenceEvent) => void): this;
   /** The server disconnected this user (a logout, a revoked permission): the client closes and does not reconnect. */
   on(event: "disconnect", fn: (info: Notifier.StateInfo) => void): this;
   off(event: string, fn: (...args: any[]) => void): this;

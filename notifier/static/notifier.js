@@ -16,6 +16,9 @@
  * - "notifier.reset" (the resume point left history) is not a notification: it moves the
  *   resume point on and fires "reset", so the page refetches its state.
  * - subscribe/unsubscribe: WebSocket actions; on SSE, a reconnect with the new topic list.
+ * - Presence (topics in the server's NOTIFIER_PRESENCE_EVENTS): "join" / "leave" fire when a
+ *   user's first connection to a topic opens and their last one closes; presence(topic)
+ *   asks who is there now (a WebSocket action).
  * - Disconnected by the server (WebSocket close 4001, or SSE's last "notifier.disconnect"
  *   event: a logout, a revoked permission): fires "disconnect" and closes, no reconnect.
  */
@@ -27,6 +30,7 @@
   const RESET = "notifier.reset";
   const DISCONNECT = "notifier.disconnect";
   const DISCONNECTED = 4001; // WebSocket close code: the server ended this user's connections
+  const PRESENCE_EVENTS = { "notifier.join": "join", "notifier.leave": "leave" };
 
   // Where this script was loaded from is where notifier is mounted (also under a url_prefix).
   const script = typeof document !== "undefined" ? document.currentScript : null;
@@ -112,6 +116,11 @@
       return this._change("unsubscribe", topic);
     }
 
+    /** Who is on a subscribed topic with presence events now: resolves {topic, users, connections}. */
+    presence(topic) {
+      return this._change("presence", topic);
+    }
+
     // -- connecting -------------------------------------------------------------------
 
     _change(action, topic) {
@@ -120,6 +129,8 @@
         const conn = this._conn;
         if (this.state === "connected" && conn.transport === "websocket") {
           this._send(conn, entry);
+        } else if (action === "presence" && this.state === "connected") {
+          reject(new Error("presence needs the WebSocket transport"));
         } else {
           this._waiting.push(entry);
           if (this.state === "connected") this._openNow(); // SSE: reconnect with the new topics
@@ -129,7 +140,7 @@
 
     _send(conn, entry) {
       this._pending.push(entry);
-      conn.topics[entry.action === "subscribe" ? "add" : "delete"](entry.topic);
+      if (entry.action !== "presence") conn.topics[entry.action === "subscribe" ? "add" : "delete"](entry.topic);
       try {
         conn.send({ action: entry.action, topic: entry.topic });
       } catch (error) { /* closing: the close handler hands it to the next connection */ }
@@ -260,15 +271,21 @@
       if (conn.transport === "websocket") {
         // Changes made while connecting: what the URL already had is confirmed, the rest is sent.
         for (const entry of waiting) {
-          if ((entry.action === "subscribe") === conn.topics.has(entry.topic)) entry.resolve();
-          else this._send(conn, entry);
+          if (entry.action !== "presence" && (entry.action === "subscribe") === conn.topics.has(entry.topic)) {
+            entry.resolve();
+          } else {
+            this._send(conn, entry);
+          }
         }
       } else if (!sameSet(conn.topics, this._topics)) {
         this._waiting = waiting; // the topics changed while this stream was opening
         this._openNow();
         return;
       } else {
-        for (const entry of waiting) entry.resolve();
+        for (const entry of waiting) {
+          if (entry.action === "presence") entry.reject(new Error("presence needs the WebSocket transport"));
+          else entry.resolve();
+        }
       }
       this._setState("connected", { transport: conn.transport });
     }
@@ -315,9 +332,15 @@
       }
       if (typeof message.id === "string" && typeof message.type === "string") {
         this._notification(message);
+      } else if (message.type in PRESENCE_EVENTS && !("id" in message)) {
+        this._emit(PRESENCE_EVENTS[message.type], { topic: message.topic, user_id: message.data.user_id, ts: message.ts });
       } else if ("ack" in message) {
         const entry = this._pending.shift();
-        if (entry) entry.resolve();
+        if (entry && entry.action === "presence") {
+          entry.resolve({ topic: message.topic, users: message.users, connections: message.connections });
+        } else if (entry) {
+          entry.resolve();
+        }
       } else if ("error" in message) {
         const entry = this._pending.shift();
         if (entry) {
