@@ -41,9 +41,9 @@ PUBLISH_RETRIES = 3
 PUBLISH_BACKOFF = 0.5
 MAX_PUBLISH_DELAY = 5.0
 RESET = "notifier.reset"
+"""Type of the notification that says: your resume point is gone, refetch state."""
 DISCONNECT = "notifier.disconnect"
 """The server ended this user's connections (a logout): the subscription ends, no reconnect."""
-"""Type of the notification that says: your resume point is gone, refetch state."""
 
 TokenSource = str | Callable[[], str] | None
 
