@@ -50,6 +50,14 @@ GATHER = 0.02
 SCRIPT = """
 local p, now, exp, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local stream, size, ts = ARGV[5], ARGV[6], ARGV[7]
+local touched = {}
+local function keep(key, clean)  -- once per key and call: many connections share a topic's keys
+  if not touched[key] then
+    touched[key] = true
+    redis.call('PEXPIRE', key, ttl)
+    if clean then redis.call('ZREMRANGEBYSCORE', key, '-inf', now) end
+  end
+end
 local function event(kind, topic, user)
   local n = cjson.encode({type = kind, title = '', message = '', ts = ts, topic = topic, data = {user_id = user}})
   n = n:gsub('\\226\\128\\168', '\\\\u2028'):gsub('\\226\\128\\169', '\\\\u2029'):gsub('\\194\\133', '\\\\u0085')
@@ -71,8 +79,7 @@ while i <= #ARGV do
       redis.call('ZREM', uk, member)
     elseif op ~= 's' then
       redis.call('ZADD', uk, exp, member)
-      redis.call('PEXPIRE', uk, ttl)
-      if op == 'r' then redis.call('ZREMRANGEBYSCORE', uk, '-inf', now) end
+      keep(uk, op == 'r')
     end
   end
   for _ = 1, n do
@@ -89,8 +96,7 @@ while i <= #ARGV do
         redis.call('ZREM', ck, member)
       else
         redis.call('ZADD', ck, exp, member)
-        redis.call('PEXPIRE', ck, ttl)
-        if op == 'r' then redis.call('ZREMRANGEBYSCORE', ck, '-inf', now) end
+        keep(ck, op == 'r')
       end
       if user ~= '' then
         local tuk = p .. ':pres:tu:' .. #topic .. ':' .. topic .. ':' .. user
@@ -101,9 +107,9 @@ while i <= #ARGV do
           if op == 'a' then redis.call('ZREMRANGEBYSCORE', tuk, '-inf', now) end
           local first = op == 'a' and redis.call('ZCARD', tuk) == 0
           redis.call('ZADD', tuk, exp, member)
-          redis.call('PEXPIRE', tuk, ttl)
+          keep(tuk, false)
           redis.call('ZADD', tk, 'GT', exp, user)
-          redis.call('PEXPIRE', tk, ttl)
+          keep(tk, op == 'r' and ev ~= '1')  -- an event topic's expired users are the sweep's: it sends their leave
           if first and ev == '1' then event('notifier.join', topic, user) end
         end
       end

@@ -76,10 +76,11 @@ class Hub:
                 self._subscribers.add(sub)
                 for key in sub.keys:
                     self._index.setdefault(key, set()).add(sub)
+        presence = self.presence
         if not attached:
             connection.close(GOING_AWAY, "server shutting down")
-        elif self.presence is not None:
-            self.presence.attached(sub)
+        elif presence is not None and (user_id is not None or presence.rules.any):  # else: nothing to count
+            presence.attached(sub)
         return sub
 
     def wants(self, key: str) -> bool:
@@ -127,8 +128,9 @@ class Hub:
             self._subscribers.discard(sub)
             for key in sub.keys:
                 self._discard(key, sub)
-        if self.presence is not None:
-            self.presence.detached(sub)
+        presence = self.presence
+        if presence is not None and (sub.user_id is not None or presence.rules.any):
+            presence.detached(sub)
 
     def _discard(self, key: str, sub: Subscriber) -> None:
         members = self._index.get(key)
