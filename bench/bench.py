@@ -393,8 +393,10 @@ def delta(a: dict, b: dict) -> dict:
 
 
 async def run_case(cfg: argparse.Namespace, workdir: Path, peer: str, transport: str, size: int,
-                   workers: int, scenario: str) -> dict:
-    """One server, one transport, ``size`` subscribers, one publish phase; always stops what it started."""
+                   workers: int, scenario: str, queries: list[str] | None = None) -> dict:
+    """One server, one transport, ``size`` subscribers, one publish phase; always stops what it started.
+
+    ``queries[i]``: the i-th subscriber's query string (e.g. its ``token=``; bench/presence.py)."""
     m = cfg.burst if scenario == "burst" else cfg.paced_count
     case = {"peer": peer, "transport": transport, "subscribers": size, "workers": workers, "scenario": scenario,
             "notifications": m, "rate": cfg.paced_rate if scenario == "paced" else None, "errors": {},
@@ -402,7 +404,7 @@ async def run_case(cfg: argparse.Namespace, workdir: Path, peer: str, transport:
     tag = f"{peer} {transport} {size} subs, {workers}w, {scenario}"
     redis = Redis(workdir)
     server = Server(peer, workers, redis, workdir / f"{peer}-{transport}-{size}-{scenario}.log",
-                    cfg.worker_connections)
+                    cfg.worker_connections, extra_env=dict(getattr(cfg, "notifier_env", None) or []))
     col = lg.Collector()
     t_case = time.monotonic()
     try:
@@ -445,7 +447,7 @@ async def run_case(cfg: argparse.Namespace, workdir: Path, peer: str, transport:
         col = lg.Collector()
         load0, wall0 = time.process_time(), time.monotonic()
         await lg.open_subs(col, peer, transport, server.port, size, concurrency=cfg.connect_concurrency,
-                           budget=max(60.0, size / 50))
+                           budget=max(60.0, size / 50), queries=queries)
         case["connect_s"] = round(time.monotonic() - wall0, 2)
         case["connect_load_cpu_s"] = round(time.process_time() - load0, 2)
         not_synced = await lg.sync(col, server.port, tries=10, wait=3.0)
@@ -791,6 +793,13 @@ def write_results(cfg: argparse.Namespace, meta: dict, cases: list[dict]) -> tup
 
 # ------------------------------------------------------------------------------------
 
+def _env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}")
+    return key, value
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
     names = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
@@ -820,6 +829,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cap", type=float, default=120.0, help="give up a phase after this many s in all")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 100 subscribers, 50 notifications, notifier only (paced: 20 at 20/s)")
+    p.add_argument("--notifier-env", action="append", default=[], metavar="KEY=VALUE", type=_env_pair,
+                   help="an extra environment variable for notifier (repeatable), e.g. "
+                        "NOTIFIER_PRESENCE_EVENTS='room:*'")
     p.add_argument("--notifier-rev", default=None, metavar="REV",
                    help="benchmark notifier as of this git revision (default: the work tree as it is at start)")
     p.add_argument("--out", default=str(BENCH / "results"), help="directory for <name>.json and <name>.md")
