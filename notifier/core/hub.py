@@ -79,7 +79,8 @@ class Hub:
         presence = self.presence
         if not attached:
             connection.close(GOING_AWAY, "server shutting down")
-        elif presence is not None and (user_id is not None or presence.rules.any):  # else: nothing to count
+        elif presence is not None and (user_id is not None or (presence.rules.any and len(sub.keys) > 1)):
+            # (an anonymous subscriber without topics, or without any topic events: nothing to count)
             presence.attached(sub)
         return sub
 
@@ -129,7 +130,7 @@ class Hub:
             for key in sub.keys:
                 self._discard(key, sub)
         presence = self.presence
-        if presence is not None and (sub.user_id is not None or presence.rules.any):
+        if presence is not None and (sub.user_id is not None or (presence.rules.any and len(sub.keys) > 1)):
             presence.detached(sub)
 
     def _discard(self, key: str, sub: Subscriber) -> None:
