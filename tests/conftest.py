@@ -210,14 +210,14 @@ class NotifierServer:
 
     def __init__(self, workdir: Path, *, workers: int = 1, redis: RedisServer | None = None,
                  env: dict | None = None, app: str = "wsgi:app", bind: list[str] | None = None,
-                 prefix: str = ""):
+                 prefix: str = "", host: str = "127.0.0.1"):
         self.workers = workers
         self.redis = redis
         self.app = app
         self.prefix = prefix
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.binds = [f"127.0.0.1:{self.port}"] + list(bind or [])
+        self.url = f"http://{host}:{self.port}"  # another loopback address (127.0.0.2) stands in for another host
+        self.binds = [f"{host}:{self.port}"] + list(bind or [])
         self.log = workdir / f"gunicorn-{self.port}.log"
         self.env = dict(os.environ)
         # whatever the calling shell had must not leak into the server under test
@@ -342,9 +342,9 @@ class ServerFactory:
 
     def __call__(self, workers: int = 1, redis: RedisServer | None = None, env: dict | None = None,
                  app: str = "wsgi:app", bind: list[str] | None = None, prefix: str = "",
-                 wait: bool = True, timeout: float = 30.0) -> NotifierServer:
+                 wait: bool = True, timeout: float = 30.0, host: str = "127.0.0.1") -> NotifierServer:
         server = NotifierServer(self.workdir, workers=workers, redis=redis, env=env, app=app,
-                                bind=bind, prefix=prefix)
+                                bind=bind, prefix=prefix, host=host)
         server.started_by = _CURRENT_TEST["nodeid"]
         self.servers.append(server)
         _SERVERS.append(server)
