@@ -9,6 +9,10 @@ cron jobs and other services can use it::
     for notification in subscribe("https://notify.example.com", topics=["ops"]):
         print(notification["title"])
 
+``disconnect(user)`` ends a user's connections everywhere (a logout), and
+``presence(topic)`` / ``presence(user=...)`` say who is online; both need a publisher
+key (or a loopback peer), like ``publish``.
+
 ``subscribe`` reads Server-Sent Events (``GET /events``). It reconnects after any drop,
 with exponential backoff (the server's ``retry:`` hint first, then doubling up to
 ``max_backoff``), and resumes from the last id it saw (``Last-Event-ID``), so a drop
@@ -133,17 +137,47 @@ def _post_notify(url: str, payload: Any, key: str | None, timeout: float, idempo
 
 
 def _post_once(url: str, body: bytes, headers: dict[str, str], timeout: float) -> dict[str, Any]:
+    return _request(url, "POST", "/notify", body, headers, timeout, 202)
+
+
+def _request(url: str, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout: float,
+             expect: int) -> Any:
+    """One request to the server; its JSON answer, or ClientError (status None: not reached)."""
     conn, prefix = _connection(url, timeout)
     try:
-        conn.request("POST", prefix + "/notify", body=body, headers=headers)
+        conn.request(method, prefix + path, body=body, headers=headers)
         response = conn.getresponse()
-        if response.status != 202:
+        if response.status != expect:
             raise _error_of(response)
         return json.loads(response.read())
     except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
-        raise ClientError(None, f"publish to {url} failed: {exc!r}") from exc
+        raise ClientError(None, f"{method} {path} to {url} failed: {exc!r}") from exc
     finally:
         conn.close()
+
+
+def _publisher_headers(key: str | None) -> dict[str, str]:
+    headers = {"Accept": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+def disconnect(user: str | int, *, url: str = DEFAULT_URL, key: str | None = None, timeout: float = 10.0) -> None:
+    """``POST /disconnect``: end every connection of ``user`` on every worker and host (a
+    logout, a revoked permission). Raises ``ClientError`` as ``publish`` does (no retry)."""
+    headers = {**_publisher_headers(key), "Content-Type": "application/json"}
+    _request(url, "POST", "/disconnect", json.dumps({"user_id": user}).encode(), headers, timeout, 202)
+
+
+def presence(topic: str | None = None, *, user: str | int | None = None, url: str = DEFAULT_URL,
+             key: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    """``GET /presence``: who is on ``topic`` (``{"topic", "users", "connections"}``), or
+    whether ``user`` is online (``{"user_id", "online", "connections"}``); give one of them."""
+    if (topic is None) == (user is None):
+        raise ValueError("give topic or user, not both")
+    query = urlencode({"topic": topic} if topic is not None else {"user_id": user})
+    return _request(url, "GET", f"/presence?{query}", None, _publisher_headers(key), timeout, 200)
 
 
 def _parse_sse(lines: Iterator[bytes]) -> Iterator[tuple[str, str | None, str | None, int | None]]:

@@ -161,3 +161,22 @@ def test_the_python_client_stops_after_a_disconnect_instead_of_reconnecting(serv
         assert got[-1]["type"] == "notifier.disconnect" and sub.reconnects == 0
     finally:
         sub.close()
+
+
+def test_the_python_client_disconnects_and_asks_presence_over_http(server, closing):
+    from notifier.client import ClientError, disconnect
+    from notifier.client import presence as ask
+
+    dave = [closing(open_client(server, i, "dave", last_event_id=None)) for i in range(2)]
+    sync_subscribers(server.url, dave)
+    deadline = time.monotonic() + 5
+    while ask(user="dave", url=server.url)["connections"] != 2:
+        assert time.monotonic() < deadline, ask(user="dave", url=server.url)
+        time.sleep(0.05)
+    assert ask("nothing-here", url=server.url) == {"topic": "nothing-here", "users": [], "connections": 0}
+    disconnect("dave", url=server.url)
+    for c in dave:
+        assert_disconnected(c)
+    with pytest.raises(ClientError) as bad:
+        disconnect("", url=server.url)
+    assert bad.value.status == 400
