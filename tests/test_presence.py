@@ -139,7 +139,7 @@ def test_the_websocket_presence_action_answers_with_the_current_users(server, cl
 
 
 @pytest.mark.parametrize("query", [{}, {"topic": "a", "user_id": "b"}, {"topic": "bad topic"},
-                                   {"topic": "a", "limit": "0"}, {"topic": "a", "limit": "x"},
+                                   {"topic": "a", "limit": "0"}, {"topic": "a", "limit": "x"}, {"topic": "a", "limit": "²"},
                                    {"user_id": ""}])
 def test_a_bad_query_is_a_400(server, query):
     r = requests.get(server.url + "/presence", params=query, timeout=5)

@@ -39,6 +39,14 @@ def service() -> Service:
     return current_app.extensions["notifier"]
 
 
+def limit_arg(default: int) -> int:
+    """The request's ``?limit=``: a whole number from 1 to MAX_LIMIT, else a 400."""
+    limit = request.args.get("limit", str(default))
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_LIMIT:
+        raise InvalidNotification(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(limit)
+
+
 def json_bytes(body: bytes) -> Response:
     """A JSON response from bytes already serialized (notification bodies are, once per worker)."""
     return Response(body, mimetype="application/json")
@@ -119,10 +127,7 @@ def presence() -> Response:
         user_id = user_id_of(args["user_id"])
         connections = svc.presence.online(user_id)
         return jsonify(user_id=user_id, online=connections > 0, connections=connections)
-    limit = request.args.get("limit", MAX_LIMIT)
-    if not str(limit).isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
-        raise InvalidNotification(f"limit must be 1-{MAX_LIMIT}")
-    return jsonify(svc.presence.topic(check_topic(args["topic"]), int(limit)))
+    return jsonify(svc.presence.topic(check_topic(args["topic"]), limit_arg(MAX_LIMIT)))
 
 
 def events() -> Response:
@@ -226,14 +231,12 @@ def notifications() -> Response:
     asked = Subscription(svc, live=False)
     keys = entitled_keys(asked.user_id, asked.topics)
     since = check_last_id(request.args.get("since"))
-    limit = request.args.get("limit", "100")
-    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= MAX_LIMIT:
-        raise InvalidNotification(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    limit = limit_arg(100)
     history = svc.broker.history(since)
     if history is None:
         return json_bytes(b'{"notifications":[],"reset":true,"more":false}')
     entitled = [n for n in history if n.target in keys]
-    page = entitled[: int(limit)] if since else entitled[-int(limit):]
+    page = entitled[:limit] if since else entitled[-limit:]
     more = b"true" if since and len(entitled) > len(page) else b"false"
     return json_bytes(b'{"notifications":[' + b",".join(n.body for n in page) + b'],"reset":false,"more":' + more
                       + b"}")
