@@ -158,8 +158,6 @@ class RedisPresence(Presence):
         self._queue("d", sub, False, [topic])
 
     def _queue(self, kind: str, sub: "Subscriber", with_user: bool, topics: list[str]) -> None:
-        if sub.user_id is None and not self.rules.any:
-            return  # anonymous, and no event topics at all: costs nothing
         tracked = self.tracked(sub, topics)
         if not tracked and (sub.user_id is None or not with_user):
             return

@@ -79,8 +79,7 @@ class Hub:
         presence = self.presence
         if not attached:
             connection.close(GOING_AWAY, "server shutting down")
-        elif presence is not None and (user_id is not None or (presence.rules.any and len(sub.keys) > 1)):
-            # (an anonymous subscriber without topics, or without any topic events: nothing to count)
+        elif presence is not None and presence.counts(sub):
             presence.attached(sub)
         return sub
 
@@ -130,7 +129,7 @@ class Hub:
             for key in sub.keys:
                 self._discard(key, sub)
         presence = self.presence
-        if presence is not None and (sub.user_id is not None or (presence.rules.any and len(sub.keys) > 1)):
+        if presence is not None and presence.counts(sub):
             presence.detached(sub)
 
     def _discard(self, key: str, sub: Subscriber) -> None:

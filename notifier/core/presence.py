@@ -58,8 +58,12 @@ class Presence(ABC):
         return [(t, events(t)) for t in topics]
 
     def counts(self, sub: "Subscriber") -> bool:
-        """Whether this subscriber is in presence (so its close must be noticed at once)."""
-        return sub.user_id is not None or (self.rules.any and bool(self.tracked(sub, topics_of(sub))))
+        """Whether this subscriber is in presence: identified, or on a topic with events.
+        The hub asks before telling presence anything, so an anonymous subscriber off
+        those topics costs this one call."""
+        if sub.user_id is not None:
+            return True
+        return self.rules.any and len(sub.keys) > 1 and any(map(self.rules.events, topics_of(sub)))
 
     @abstractmethod
     def attached(self, sub: "Subscriber") -> None:
@@ -105,16 +109,16 @@ class LocalPresence(Presence):
         self._counts: dict[tuple[str, str], int] = {}
 
     def attached(self, sub: "Subscriber") -> None:
-        if sub.user_id is not None and self.rules.any:
-            for topic, events in self.tracked(sub, topics_of(sub)):
-                if events:
-                    self._count(sub.user_id, topic, 1)
+        self._count_all(sub, 1)
 
     def detached(self, sub: "Subscriber") -> None:
+        self._count_all(sub, -1)
+
+    def _count_all(self, sub: "Subscriber", step: int) -> None:
         if sub.user_id is not None and self.rules.any:
-            for topic, events in self.tracked(sub, topics_of(sub)):
-                if events:
-                    self._count(sub.user_id, topic, -1)
+            for topic in topics_of(sub):
+                if self.rules.events(topic):
+                    self._count(sub.user_id, topic, step)
 
     def topic_added(self, sub: "Subscriber", topic: str) -> None:
         if sub.user_id is not None and self.rules.events(topic):
