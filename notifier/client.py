@@ -120,10 +120,8 @@ def publish_many(notifications: list[dict[str, Any]], *, url: str = DEFAULT_URL,
 def _post_notify(url: str, payload: Any, key: str | None, timeout: float, idempotency_key: str | None,
                  retries: int) -> dict[str, Any]:
     body = json.dumps(payload).encode()
-    headers = {"Content-Type": "application/json", "Accept": "application/json",
+    headers = {**_publisher_headers(key), "Content-Type": "application/json",
                "Idempotency-Key": idempotency_key or uuid.uuid4().hex}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
     for attempt in range(retries + 1):
         try:
             return _post_once(url, body, headers, timeout)
