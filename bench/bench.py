@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -922,6 +923,33 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+async def run_bounded(run: Awaitable[int], timeout: float) -> int:
+    """Await ``run`` (a scenario's coroutine) for at most ``timeout`` seconds; SIGTERM and
+    SIGHUP (e.g. `timeout`) end it like Ctrl-C. Either way it is cancelled, so its
+    ``finally`` stops the servers and writes what it has: 124 after the timeout, 130
+    after a signal, else what it returned."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, task.cancel)
+    inner = asyncio.ensure_future(run)
+    try:
+        return await asyncio.wait_for(asyncio.shield(inner), timeout)
+    except asyncio.TimeoutError:
+        inner.cancel()
+        try:
+            await inner
+        except asyncio.CancelledError:
+            pass
+        return 124
+    except asyncio.CancelledError:
+        inner.cancel()
+        try:
+            return await inner
+        except asyncio.CancelledError:
+            return 130
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import platform
 import random
 import resource
 import secrets
-import signal
 import sys
 import time
 from array import array
@@ -579,27 +578,7 @@ async def run(cfg: argparse.Namespace, argv: list[str]) -> int:
 
 async def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    # SIGTERM/SIGHUP (e.g. `timeout`) end the run like Ctrl-C: what it started is stopped.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, task.cancel)
-    inner = asyncio.ensure_future(run(cfg, argv))
-    try:
-        return await asyncio.wait_for(asyncio.shield(inner), cfg.timeout)
-    except asyncio.TimeoutError:
-        inner.cancel()  # run()'s finally stops the servers and writes what it has
-        try:
-            await inner
-        except asyncio.CancelledError:
-            pass
-        return 124
-    except asyncio.CancelledError:
-        inner.cancel()
-        try:
-            return await inner
-        except asyncio.CancelledError:
-            return 130
+    return await b.run_bounded(run(cfg, argv), cfg.timeout)
 
 
 if __name__ == "__main__":

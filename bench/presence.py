@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -790,25 +789,7 @@ async def run(cfg: argparse.Namespace, argv: list[str]) -> int:
 
 async def main(argv: list[str]) -> int:
     cfg = parse_args(argv)
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # e.g. `timeout`: end like Ctrl-C, stopping what it started
-        loop.add_signal_handler(sig, task.cancel)
-    inner = asyncio.ensure_future(run(cfg, argv))
-    try:
-        return await asyncio.wait_for(asyncio.shield(inner), cfg.timeout)
-    except asyncio.TimeoutError:
-        inner.cancel()  # run()'s finally stops the servers and writes what it has
-        try:
-            return await inner
-        except asyncio.CancelledError:
-            return 124
-    except asyncio.CancelledError:
-        inner.cancel()
-        try:
-            return await inner
-        except asyncio.CancelledError:
-            return 130
+    return await b.run_bounded(run(cfg, argv), cfg.timeout)
 
 
 if __name__ == "__main__":
