@@ -13,7 +13,7 @@ from .config import Settings
 from .core.closing import RESTART
 from .core.hub import Hub
 from .core.presence import PresenceRules
-from .core.notification import BROADCAST, DISCONNECT, Notification, encode_fields, format_id, now_iso, parse_id, \
+from .core.notification import BROADCAST, DISCONNECT, Notification, disconnect_fields, encode_fields, format_id, now_iso, parse_id, \
     target_key, user_key
 from .core.subscriber import Subscriber
 from .brokers.base import Entry
@@ -114,8 +114,7 @@ class Service:
         worker that was away from Redis still gets it when it catches up; history skips it.
         """
         user = user_id_of(user_id)
-        fields = {"type": DISCONNECT, "title": "", "message": "disconnected by the server", "ts": now_iso(),
-                  "user_id": user}
+        fields = {**disconnect_fields(), "user_id": user}
         if start:
             self.start()
         return self.broker.publish([(user_key(user), DISCONNECT, encode_fields(fields))], publisher).id

@@ -179,20 +179,12 @@ class Notification:
         return f"Notification(id={self.id!r}, target={self.target!r}, type={self.type!r})"
 
 
-class Event:
-    """A message that is not kept in history and carries no id, so it never moves a
-    client's resume point (SSE: no ``id:`` line), in the same wire forms as a Notification."""
-
-    __slots__ = ("type", "body", "ws_frame", "sse_chunk", "sse_chunked")
-
-    def __init__(self, type: str, fields: dict[str, Any]) -> None:
-        self.type = type
-        self.body = encode_fields({"type": type, **fields})
-        self.ws_frame = ws_text_frame(self.body)
-        self.sse_chunk = b"event: " + type.encode() + b"\ndata: " + self.body + b"\n\n"
-        self.sse_chunked = http_chunk(self.sse_chunk)
+def disconnect_fields() -> dict[str, Any]:
+    """The fields of a disconnect: what the broker carries (with the user) and what an SSE
+    stream's last event says."""
+    return {"type": DISCONNECT, "title": "", "message": "disconnected by the server", "ts": now_iso()}
 
 
-def disconnect_event() -> Event:
-    """An SSE stream's last event when the server disconnects its user."""
-    return Event(DISCONNECT, {"title": "", "message": "disconnected by the server", "ts": now_iso()})
+def disconnect_event() -> Notification:
+    """An SSE stream's last event when the server disconnects its user (no id: EPHEMERAL)."""
+    return Notification("", BROADCAST, DISCONNECT, encode_fields(disconnect_fields()))
