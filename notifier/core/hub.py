@@ -227,8 +227,7 @@ class Hub:
 
     def close_key(self, key: str, code: int, reason: str) -> int:
         """Close every subscriber listening to ``key`` (a user's: disconnect them)."""
-        with self._lock:
-            subs = list(self._index.get(key, ()))
+        subs = self.members(key)
         for sub in subs:
             self.unsubscribe(sub)
             sub.connection.close(code, reason)
