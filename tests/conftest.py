@@ -9,6 +9,9 @@ test during which a server logged a Python traceback fails at teardown.
 - ``redis_server``: a private redis-server (never the system one on 6379) with
   ``.url``, ``.port``, ``.stop()``, ``.start()`` (same port again);
   ``module_redis`` and ``redis_factory(persist=...)`` for module-scoped use.
+- ``sentinel_cluster``: a factory; ``sentinel_cluster(replicas=1)`` starts a master, its
+  replicas and three Sentinels (``SentinelCluster``: ``.url`` is ``redis+sentinel://...``,
+  ``.master``, ``.replicas()``, ``.kill_master()``, ``.wait_promoted(old_port)``).
 - ``notifier_server``: a factory; ``notifier_server(workers=2, redis=redis_server)``
   starts ``python -m gunicorn wsgi:app -c gunicorn.conf.py`` from the repo root
   and waits until it is ready (every worker booted, and following Redis if any).
@@ -28,9 +31,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import psutil
 import pytest
+import redis as redis_py
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,31 +111,63 @@ def redis_ping(port: int, timeout: float = 1.0) -> bool:
 
 
 class RedisServer:
-    """A private redis-server on a fixed loopback port; restartable on the same port."""
+    """A private redis-server on a fixed loopback port; restartable on the same port.
 
-    def __init__(self, workdir: Path, *, persist: bool = False, aof: bool = False):
+    ``replicaof=<port>``: a replica of the redis-server on that loopback port.
+    ``sentinel_of=<port>``: a Sentinel (``redis-server <conf> --sentinel``) monitoring the
+    master on that port as ``SENTINEL_SERVICE``; its config file, which Sentinel rewrites
+    with what it learns, is in ``workdir``. ``args``: more redis-server arguments.
+    """
+
+    def __init__(self, workdir: Path, *, persist: bool = False, aof: bool = False,
+                 replicaof: int | None = None, sentinel_of: int | None = None, args: Sequence[str] = ()):
         self.persist = persist  # True: an RDB is saved at shutdown and loaded at start
         self.aof = aof  # True: append-only file, fsynced every second and at shutdown
+        self.replicaof = replicaof
+        self.sentinel_of = sentinel_of
+        self.args = list(args)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.log = self.dir / "redis.log"
         self.proc: subprocess.Popen | None = None
+        self.paused = False
+
+    @property
+    def ports(self) -> set[int]:
+        """The ports a client of this Redis talks to (NotifierServer checks its workers do)."""
+        return {self.port}
+
+    def _argv(self) -> list[str]:
+        if self.sentinel_of is not None:
+            conf = self.dir / "sentinel.conf"
+            if not conf.exists():  # a restart keeps what Sentinel wrote into it
+                conf.write_text(
+                    f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\ndaemonize no\n"
+                    f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {self.sentinel_of} 2\n"
+                    f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {SENTINEL_DOWN_AFTER_MS}\n"
+                    f"sentinel failover-timeout {SENTINEL_SERVICE} {SENTINEL_FAILOVER_TIMEOUT_MS}\n")
+            return [_redis_binary(), str(conf), "--sentinel", *self.args]
+        argv = [_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "3600 1" if self.persist else "", "--dbfilename", "dump.rdb",
+                "--appendonly", "yes" if self.aof else "no", "--dir", str(self.dir), "--daemonize", "no",
+                "--enable-debug-command", "local"]  # DEBUG SLEEP: tests stall Redis with it
+        if self.replicaof is not None:
+            argv += ["--replicaof", "127.0.0.1", str(self.replicaof)]
+        return argv + self.args
 
     def start(self, timeout: float = 10.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, "redis-server already running"
         logf = open(self.log, "ab")
         try:
             self.proc = subprocess.Popen(
-                [_redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "3600 1" if self.persist else "", "--dbfilename", "dump.rdb",
-                 "--appendonly", "yes" if self.aof else "no", "--dir", str(self.dir), "--daemonize", "no",
-                 "--enable-debug-command", "local"],  # DEBUG SLEEP: tests stall Redis with it
-                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                self._argv(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         finally:
             logf.close()
+        self.paused = False
 
         def ready():
             if self.proc.poll() is not None:
@@ -151,13 +188,190 @@ class RedisServer:
                 raise TimeoutError(f"redis-server on {self.port} did not answer PING:\n{_tail(self.log)}")
             time.sleep(0.05)
 
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers."""
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+        self.paused = False
+
+    def kill(self) -> None:
+        """SIGKILL, as a host that dies: no shutdown, no last word to replicas."""
+        self.proc.kill()
+        self.proc.wait(timeout=5)
+
     def stop(self) -> None:
         if self.proc is not None:
+            if self.paused and self.proc.poll() is None:
+                self.resume()  # a stopped process cannot act on the SIGTERM
             _stop_process(self.proc, timeout=10)
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+SENTINEL_SERVICE = "mymaster"
+SENTINEL_DOWN_AFTER_MS = 1000
+SENTINEL_FAILOVER_TIMEOUT_MS = 5000
+
+
+def _redis(port: int, timeout: float = 1.0) -> redis_py.Redis:
+    return redis_py.Redis(host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
+                          decode_responses=True)
+
+
+class SentinelCluster:
+    """A master, ``replicas`` replicas and three Sentinels (quorum 2), all private redis-servers
+    on loopback ports. ``.url`` is the ``redis+sentinel://`` URL naming the three Sentinels.
+
+    ``start()`` returns once every replica is in sync and every Sentinel knows the master, every
+    replica and the other two Sentinels, so that a failover can start right away.
+    """
+
+    def __init__(self, workdir: Path, replicas: int = 1):
+        # a replica starts its sync at once (the default waits 5 s for more replicas to join)
+        fast_sync = ["--repl-diskless-sync-delay", "0"]
+        master = RedisServer(workdir / "master", args=fast_sync)
+        self.nodes = [master] + [RedisServer(workdir / f"replica{i}", replicaof=master.port, args=fast_sync)
+                                 for i in range(1, replicas + 1)]
+        self.sentinels = [RedisServer(workdir / f"sentinel{i}", sentinel_of=master.port) for i in range(1, 4)]
+        self.service = SENTINEL_SERVICE
+        self.url = ("redis+sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+                    + f"/{self.service}/0")
+
+    @property
+    def ports(self) -> set[int]:
+        """The data nodes' ports: a worker following this Redis has a connection to one of them."""
+        return {n.port for n in self.nodes if n.running}
+
+    def start(self, timeout: float = 20.0) -> "SentinelCluster":
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            node.start()
+        self.wait_replicas_in_sync(deadline - time.monotonic())
+        for sentinel in self.sentinels:
+            sentinel.start()
+        self.wait_sentinels_agree(deadline - time.monotonic())
+        return self
+
+    def stop(self) -> None:
+        for server in self.sentinels + self.nodes:  # Sentinels first: no failover during teardown
+            server.stop()
+
+    # -- state ---------------------------------------------------------------------------------
+    def node(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def master_port(self) -> int:
+        """The master's port, as the first Sentinel that answers tells it."""
+        last: Exception | None = None
+        for sentinel in self.sentinels:
+            if not sentinel.running or sentinel.paused:
+                continue
+            try:
+                _, port = _redis(sentinel.port).sentinel_get_master_addr_by_name(self.service)
+                return int(port)
+            except (redis_py.RedisError, TypeError) as exc:
+                last = exc
+        raise RuntimeError(f"no Sentinel knows the master of {self.service}: {last!r}")
+
+    @property
+    def master(self) -> RedisServer:
+        return self.node(self.master_port())
+
+    def replicas(self) -> list[RedisServer]:
+        """The data nodes that are running and not the master."""
+        master = self.master_port()
+        return [n for n in self.nodes if n.port != master and n.running]
+
+    def wait_replicas_in_sync(self, timeout: float = 10.0, replicas: list[RedisServer] | None = None) -> None:
+        """Until each running replica (or each of ``replicas``) has its link to the master up
+        and the master counts it among its online replicas."""
+        deadline = time.monotonic() + timeout
+        while True:
+            master = self.nodes[0] if not any(s.running for s in self.sentinels) else self.master
+            todo = replicas if replicas is not None else [n for n in self.nodes if n is not master and n.running]
+            problems = []
+            try:
+                online = _redis(master.port).info("replication")
+                online_ports = {int(v["port"]) for k, v in online.items()
+                                if re.fullmatch(r"slave\d+", k) and v.get("state") == "online"}
+                for node in todo:
+                    info = _redis(node.port).info("replication")
+                    if (info.get("role") != "slave" or int(info.get("master_port", 0)) != master.port
+                            or info.get("master_link_status") != "up" or node.port not in online_ports):
+                        problems.append(f"{node.port}: {info.get('role')} of {info.get('master_port')}, "
+                                        f"link {info.get('master_link_status')}")
+            except redis_py.RedisError as exc:
+                problems.append(repr(exc))
+            if not problems:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replicas of {master.port} not in sync within {timeout}s: {problems}\n"
+                                   + "\n".join(f"--- {n.port}:\n{_tail(n.log, 15)}" for n in self.nodes))
+            time.sleep(0.05)
+
+    def wait_sentinels_agree(self, timeout: float = 10.0) -> None:
+        """Until every Sentinel names the same master, sees every running replica and the other
+        Sentinels, and holds none of them down."""
+        deadline = time.monotonic() + timeout
+        while True:
+            problems = []
+            try:
+                master = self.master_port()
+                replicas = {n.port for n in self.nodes if n.running and n.port != master}
+                for sentinel in self.sentinels:
+                    r = _redis(sentinel.port)
+                    state = r.sentinel_master(self.service)
+                    seen = {int(s["port"]) for s in r.sentinel_slaves(self.service)
+                            if not ({"s_down", "o_down", "disconnected"} & set(s["flags"].split(",")))}
+                    if (int(state["port"]) != master or state["flags"] != "master"
+                            or int(state["num-other-sentinels"]) != len(self.sentinels) - 1
+                            or not replicas <= seen):
+                        problems.append(f"sentinel {sentinel.port}: master {state['port']} ({state['flags']}), "
+                                        f"replicas {sorted(seen)} of {sorted(replicas)}, "
+                                        f"{state['num-other-sentinels']} other sentinels")
+            except (redis_py.RedisError, RuntimeError) as exc:
+                problems.append(repr(exc))
+            if not problems:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Sentinels do not agree within {timeout}s: {problems}\n"
+                                   + "\n".join(f"--- {s.port}:\n{_tail(s.log, 15)}" for s in self.sentinels))
+            time.sleep(0.1)
+
+    # -- failures ------------------------------------------------------------------------------
+    def kill_master(self) -> RedisServer:
+        """SIGKILL the current master; returns it."""
+        master = self.master
+        master.kill()
+        return master
+
+    def wait_promoted(self, old_port: int, timeout: float = 15.0) -> RedisServer:
+        """Until the Sentinels name another master than ``old_port`` and it says it is one."""
+        def promoted():
+            port = self.master_port()
+            return port != old_port and _redis(port).info("replication")["role"] == "master" and self.node(port)
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                node = promoted()
+                if node:
+                    return node
+            except (redis_py.RedisError, RuntimeError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no replica promoted within {timeout}s:\n"
+                                   + "\n".join(f"--- {s.port}:\n{_tail(s.log, 15)}" for s in self.sentinels))
+            time.sleep(0.05)
+
+    def logs(self, n: int = 20) -> str:
+        return "\n".join(f"--- {kind} {s.port}:\n{_tail(s.log, n)}"
+                         for kind, group in (("node", self.nodes), ("sentinel", self.sentinels)) for s in group)
 
 
 @pytest.fixture
@@ -200,6 +414,25 @@ def redis_factory(tmp_path_factory):
             server.stop()
 
 
+@pytest.fixture
+def sentinel_cluster(tmp_path):
+    """Factory: ``sentinel_cluster(replicas=1)`` starts a ``SentinelCluster`` (a master, its
+    replicas, three Sentinels) and waits until a failover could start; all stop at teardown.
+    ``notifier_server(redis=cluster)`` runs notifier on its ``redis+sentinel://`` URL."""
+    clusters = []
+
+    def start(replicas: int = 1) -> SentinelCluster:
+        cluster = SentinelCluster(tmp_path / f"sentinel-cluster{len(clusters)}", replicas=replicas)
+        clusters.append(cluster)
+        return cluster.start()
+
+    try:
+        yield start
+    finally:
+        for cluster in clusters:
+            cluster.stop()
+
+
 # --------------------------------------------------------------------------
 # gunicorn + notifier
 # --------------------------------------------------------------------------
@@ -208,7 +441,7 @@ def redis_factory(tmp_path_factory):
 class NotifierServer:
     """One gunicorn master (and its workers) running notifier or the example app."""
 
-    def __init__(self, workdir: Path, *, workers: int = 1, redis: RedisServer | None = None,
+    def __init__(self, workdir: Path, *, workers: int = 1, redis: RedisServer | SentinelCluster | None = None,
                  env: dict | None = None, app: str = "wsgi:app", bind: list[str] | None = None,
                  prefix: str = "", host: str = "127.0.0.1"):
         self.workers = workers
@@ -299,7 +532,8 @@ class NotifierServer:
 
     def _talks_to_redis(self, proc: psutil.Process) -> bool:
         try:
-            return any(c.raddr and c.raddr.port == self.redis.port for c in proc.net_connections("tcp"))
+            ports = self.redis.ports
+            return any(c.raddr and c.raddr.port in ports for c in proc.net_connections("tcp"))
         except psutil.Error:
             return False
 
@@ -340,7 +574,7 @@ class ServerFactory:
         self.workdir = workdir
         self.servers: list[NotifierServer] = []
 
-    def __call__(self, workers: int = 1, redis: RedisServer | None = None, env: dict | None = None,
+    def __call__(self, workers: int = 1, redis: RedisServer | SentinelCluster | None = None, env: dict | None = None,
                  app: str = "wsgi:app", bind: list[str] | None = None, prefix: str = "",
                  wait: bool = True, timeout: float = 30.0, host: str = "127.0.0.1") -> NotifierServer:
         server = NotifierServer(self.workdir, workers=workers, redis=redis, env=env, app=app,
