@@ -4,100 +4,16 @@ once, in order. The hosts are two gunicorns with 2 gevent workers each, on their
 loopback addresses (127.0.0.2 and 127.0.0.3)."""
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import threading
 import time
-import uuid
 
-import requests
-
-from clients import SSEClient, StreamClosed, WSClient, sync_subscribers
+from clients import sync_subscribers
+from resuming import Follower, Publisher
 
 PUBLISH_FOR = 4.0
 KILL_AFTER = 1.5
-
-
-class Follower(threading.Thread):
-    """A subscriber doing what notifier.js does when its host goes away: reconnect to the
-    other host, resume after the last id it saw, and drop ids at or below it."""
-
-    def __init__(self, hosts: list, first: int, transport: str) -> None:
-        super().__init__(daemon=True)
-        self.hosts, self.host, self.transport = hosts, first, transport
-        self.last: str | None = None
-        self.got: list[str] = []
-        self.dropped = 0
-        self.reconnects = 0
-        self.failure: BaseException | None = None
-        self.done = threading.Event()
-        self.client = self._open()
-
-    def _open(self):
-        url = self.hosts[self.host].url
-        params = {"last_event_id": self.last} if self.last else {}
-        return WSClient(url, **params) if self.transport == "ws" else SSEClient(url, **params)
-
-    def run(self) -> None:
-        try:
-            while not self.done.is_set():
-                try:
-                    message = self.client.next_notification(0.3)
-                except TimeoutError:
-                    continue
-                except (StreamClosed, OSError, ConnectionError, Exception) as exc:  # the host died
-                    self._reconnect(exc)
-                    continue
-                if self.last is not None and message["id"] <= self.last:
-                    self.dropped += 1  # replayed at the resume and seen live: as notifier.js drops it
-                    continue
-                self.got.append(message["id"])
-                self.last = message["id"]
-        except BaseException as exc:  # reported by the test
-            self.failure = exc
-
-    def _reconnect(self, why: Exception) -> None:
-        try:
-            self.client.close()
-        except Exception:  # noqa: BLE001 - it is dead already
-            pass
-        deadline = time.monotonic() + 20
-        while True:
-            self.host = 1 - self.host
-            try:
-                self.client = self._open()
-                self.reconnects += 1
-                return
-            except Exception:  # noqa: BLE001 - this host is the dead one: try the other
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{self.transport} could not reconnect after {why!r}") from None
-                time.sleep(0.1)
-
-
-def publisher(hosts: list, accepted: list, failures: list, stop: threading.Event, n: int) -> None:
-    """Publish to both hosts in turn; a failed publish is retried on the other host under the
-    same Idempotency-Key, so it is published once."""
-    turn = itertools.count(n)
-    with requests.Session() as session:
-        while not stop.is_set():
-            key, first = uuid.uuid4().hex, next(turn) % 2
-            for attempt in range(10):
-                url = hosts[(first + attempt) % 2].url
-                try:
-                    r = session.post(url + "/notify", json={"title": key}, headers={"Idempotency-Key": key}, timeout=5)
-                except requests.RequestException:
-                    continue
-                if r.status_code == 202:
-                    accepted.append(r.json()["id"])
-                    break
-                if r.status_code not in (429, 503):
-                    failures.append((r.status_code, r.text))
-                    return
-            else:
-                failures.append(("never accepted", key))
-                return
-            time.sleep(0.01)
 
 
 def test_a_host_dies_its_clients_resume_on_the_other_and_every_202_reaches_everyone_once_in_order(
@@ -105,15 +21,12 @@ def test_a_host_dies_its_clients_resume_on_the_other_and_every_202_reaches_every
     hosts = [notifier_server(workers=2, redis=redis_server, host="127.0.0.2"),
              notifier_server(workers=2, redis=redis_server, host="127.0.0.3")]
     followers = [Follower(hosts, i % 2, "ws" if i % 4 < 2 else "sse") for i in range(8)]
+    stop = threading.Event()
     try:
         sync_subscribers(hosts[0].url, [f.client for f in followers])
         for f in followers:
             f.start()
-        accepted: list[str] = []
-        failures: list = []
-        stop = threading.Event()
-        publishers = [threading.Thread(target=publisher, args=(hosts, accepted, failures, stop, n), daemon=True)
-                      for n in range(2)]
+        publishers = [Publisher(hosts, stop, first=n) for n in range(2)]
         for p in publishers:
             p.start()
         time.sleep(KILL_AFTER)
@@ -126,7 +39,9 @@ def test_a_host_dies_its_clients_resume_on_the_other_and_every_202_reaches_every
         stop.set()
         for p in publishers:
             p.join(timeout=30)
+        failures = [f for p in publishers for f in p.failures]
         assert not failures, failures
+        accepted = [id_ for p in publishers for id_ in p.ids]
         expected = sorted(set(accepted))
         assert len(expected) == len(accepted), "a retried publish was accepted twice"
         deadline = time.monotonic() + 20
@@ -145,5 +60,6 @@ def test_a_host_dies_its_clients_resume_on_the_other_and_every_202_reaches_every
               f"{sum(f.dropped for f in followers)} replayed ids dropped, all caught up "
               f"{time.monotonic() - killed_at:.1f}s after the kill")
     finally:
+        stop.set()
         for f in followers:
             f.done.set()
