@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 from typing import Any, Mapping
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import ConfigError
 
@@ -76,8 +76,8 @@ def _redis_url(config: Mapping[str, Any]) -> tuple[str | None, str | None]:
     url = str(_raw(config, key)).strip()
     if key == "NOTIFIER_REDIS_URL" and url.lower() == NO_REDIS:
         return None, None
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(key, "must start with redis://, rediss:// or unix://" +
+    if not url.startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME)):
+        raise ConfigError(key, f"must start with redis://, rediss://, unix:// or {SENTINEL_SCHEME}" +
                           (" (or be 'none')" if key == "NOTIFIER_REDIS_URL" else ""))
     # Heroku Redis serves TLS with a self-signed certificate: its docs say not to verify it.
     if url.startswith("rediss://") and not _flag(config, "NOTIFIER_REDIS_VERIFY_TLS", True) \
@@ -92,6 +92,12 @@ def _redis_url(config: Mapping[str, Any]) -> tuple[str | None, str | None]:
 def _url_problem(url: str) -> str | None:
     """What redis-py would refuse in a redis:// URL, found without importing redis here
     (gunicorn's master reads settings, and must not load ssl before gevent patches)."""
+    if url.startswith(SENTINEL_SCHEME):
+        try:
+            SentinelURL.parse(url)
+        except ValueError as exc:
+            return str(exc)
+        return None
     parts = urlsplit(url)
     try:
         parts.port
@@ -101,6 +107,47 @@ def _url_problem(url: str) -> str | None:
     if parts.scheme != "unix" and db and "db=" not in parts.query and not db.isdigit():
         return f"database {db!r} is not a number"
     return None
+
+
+SENTINEL_SCHEME = "redis+sentinel://"
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``, the
+    form other Redis clients take: the sentinels to ask, and the master they watch. The
+    password is the master's; ``?sentinel_password=`` is the sentinels' own, if they have one."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> "SentinelURL":
+        """Raises ValueError saying what is wrong."""
+        rest = url[len(SENTINEL_SCHEME):]
+        rest, _, query = rest.partition("?")
+        netloc, _, path = rest.partition("/")
+        userinfo, _, hosts = netloc.rpartition("@")
+        username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+        sentinels = []
+        for host in hosts.split(","):
+            name, _, port = host.strip().rpartition(":") if ":" in host else (host.strip(), "", "")
+            if not name or (port and not port.isdigit()) or not 0 < int(port or SENTINEL_PORT) < 65536:
+                raise ValueError(f"sentinel {host!r} is not host:port")
+            sentinels.append((name.strip("[]"), int(port or SENTINEL_PORT)))
+        service, _, db = path.strip("/").partition("/")
+        if not service:
+            raise ValueError("no service name: redis+sentinel://host:port/<service>[/db]")
+        if db and not db.isdigit():
+            raise ValueError(f"database {db!r} is not a number")
+        params = parse_qs(query)
+        return cls(tuple(sentinels), unquote(service), int(db or 0), unquote(username) or None,
+                   unquote(password) or None, (params.get("sentinel_password") or [None])[0])
 
 
 @dataclass(frozen=True)
@@ -131,6 +178,8 @@ class Settings:
     redis_url_key: str | None = None
     presence_ttl: int = 30
     presence_events: tuple[str, ...] = ()
+    redis_min_replicas: int = 0
+    redis_replica_wait: float = 1.0
 
     @property
     def max_subscribers(self) -> int:
@@ -181,6 +230,8 @@ class Settings:
             max_batch_bytes=_number(config, "NOTIFIER_MAX_BATCH_BYTES", 1048576),
             presence_ttl=_number(config, "NOTIFIER_PRESENCE_TTL", 30),
             presence_events=_presence_patterns(config),
+            redis_min_replicas=_number(config, "NOTIFIER_REDIS_MIN_REPLICAS", 0, minimum=0),
+            redis_replica_wait=_number(config, "NOTIFIER_REDIS_REPLICA_WAIT", 1.0, float, minimum=0.01),
             demo=_flag(config, "NOTIFIER_DEMO", standalone),
             metrics_route=_flag(config, "NOTIFIER_METRICS", True),
             openapi_route=_flag(config, "NOTIFIER_OPENAPI", True),

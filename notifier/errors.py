@@ -72,6 +72,12 @@ class BrokerUnavailable(RetryLater):
     """The broker cannot be reached: the notification was NOT accepted."""
 
 
+class NotReplicated(BrokerUnavailable):
+    """Written on the Redis master, but fewer than ``NOTIFIER_REDIS_MIN_REPLICAS`` replicas
+    confirmed it in time: not accepted (a failover now could lose it), though subscribers may
+    already have it. A retry with the same ``Idempotency-Key`` publishes it once."""
+
+
 class TooManyRequests(NotifierError):
     """A limit was hit (publish rate, connections per user); ``retry_after`` in seconds."""
 

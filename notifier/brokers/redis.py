@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, Sequence
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
-from ..config import Settings
+from ..config import SENTINEL_SCHEME, SentinelURL, Settings
 from ..core.notification import EPHEMERAL, Notification, now_ms, parse_id
-from ..errors import BrokerUnavailable, ConfigError, IdempotencyConflict
+from ..errors import BrokerUnavailable, ConfigError, IdempotencyConflict, NotReplicated
 from ..idempotency import CONFLICT as CONFLICT_MESSAGE
 from ..idempotency import Idempotency, Published
 from ..ratelimit import too_many
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from ..core.hub import Hub
     from ..core.presence import Emit, Presence, PresenceRules
 from .redis_stream import entry_notification, target_of, to_notification_id, to_stream_id
-from .redis_pipeline import NotSent, ScriptPipeline
+from .redis_pipeline import NotSent, ScriptPipeline, Unreplicated
 from .redis_script import CONFLICT, OVER_RATE, REPLAYED
 
 log = logging.getLogger(__name__)
@@ -55,15 +56,16 @@ TRIM_EVERY = 30.0
 UNKNOWN_OUTCOME_WINDOW = 3.0
 """Seconds a publish whose reply was lost keeps retrying (idempotently) to learn its outcome."""
 TOKEN_TTL = 60
+SENTINEL_TIMEOUT = 0.5
+"""Seconds a sentinel has to answer where the master is before the next one is asked."""
 
 def _client(url: str, socket_timeout: float, retries: int = 1, pool_size: int = 1) -> redis.Redis:
     """A client whose callers wait (up to POOL_WAIT) for one of ``pool_size`` connections:
     redis-py's default pool raises "Too many connections" instead, which a resume storm
     (a worker's every client reconnecting at once) turns into 503s while Redis is fine."""
     # One retry, on connection errors only: it replaces a pooled connection that went
-    # stale across a Redis restart. Timeouts are not retried: the command may have run.
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
+    # stale across a Redis restart (or a failover). Timeouts are not retried: the command may have run.
+    options: dict[str, Any] = dict(
         max_connections=pool_size,
         timeout=POOL_WAIT,
         socket_timeout=socket_timeout,
@@ -72,7 +74,34 @@ def _client(url: str, socket_timeout: float, retries: int = 1, pool_size: int = 
         health_check_interval=10,
         retry=Retry(NoBackoff(), retries, supported_errors=(redis.ConnectionError,)),
     )
-    return redis.Redis(connection_pool=pool)
+    if url.startswith(SENTINEL_SCHEME):
+        return redis.Redis(connection_pool=_sentinel_pool(SentinelURL.parse(url), options))
+    return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(url, **options))
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """redis-py's Sentinel pool (each new connection asks the sentinels where the master is
+    now) with the blocking pool's wait for a free connection, which redis-py lacks."""
+
+
+class _SentinelConnection(SentinelManagedConnection):
+    """A connection to wherever the sentinels say the master is, also when a command
+    reconnects it on its own: redis-py's connects there only through connect(), and a
+    command sent after a disconnect went to its placeholder address, localhost:6379."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:
+            self.connect()
+        super().send_packed_command(command, check_health)
+
+
+def _sentinel_pool(url: SentinelURL, options: dict[str, Any]) -> redis.ConnectionPool:
+    # The sentinels are asked on every new connection: a dead one must cost little time.
+    sentinel = Sentinel(list(url.sentinels), sentinel_kwargs={
+        "socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT,
+        "password": url.sentinel_password})
+    return _BlockingSentinelPool(url.service, sentinel, connection_class=_SentinelConnection, db=url.db,
+                                 username=url.username, password=url.password, **options)
 
 
 def _own_connection(client: redis.Redis) -> Any:
@@ -101,10 +130,13 @@ class RedisBroker(Broker):
         self.presence_ttl = settings.presence_ttl
         self.publish_rate = settings.publish_rate
         self.ttl_ms = settings.history_ttl * 1000
-        self.client = _client(self.url, socket_timeout=2.0, pool_size=settings.redis_pool)
+        # A publish may wait for replicas (WAIT) on top of Redis's own time.
+        replica_wait = settings.redis_replica_wait if settings.redis_min_replicas else 0.0
+        self.client = _client(self.url, socket_timeout=2.0 + replica_wait, pool_size=settings.redis_pool)
         # Publishes go over a connection of their own, pipelined (redis_pipeline); the pool
         # serves history reads and the rest.
-        self._publisher = ScriptPipeline(lambda: _own_connection(self.client), timeout=3.0)
+        self._publisher = ScriptPipeline(lambda: _own_connection(self.client), timeout=3.0,
+                                         replicas=settings.redis_min_replicas, replica_wait=replica_wait)
         # Each publish's token: unique to this broker (a random part, drawn once) and publish
         # (a counter), without a system call for randomness per publish.
         self.token_prefix = f"{settings.prefix}:published:{secrets.token_hex(8)}:"
@@ -122,7 +154,8 @@ class RedisBroker(Broker):
 
     def publish(self, entries: Sequence[Entry], publisher: str | None = None,
                 idempotency: Idempotency | None = None) -> Published:
-        """XADD exactly once, or raise BrokerUnavailable when it was certainly not stored.
+        """XADD exactly once, or raise BrokerUnavailable when it was certainly not stored
+        (NotReplicated when it was, but fewer replicas than NOTIFIER_REDIS_MIN_REPLICAS confirmed it).
 
         A reply lost to a dropped connection leaves the outcome unknown: the entry may be
         in Redis. Answering 503 then would be a lie, so the publish is retried under the
@@ -153,6 +186,10 @@ class RedisBroker(Broker):
                 if not sent:
                     raise _unavailable(exc.__cause__ or exc) from exc
                 error: Exception = exc
+            except Unreplicated as exc:
+                log.warning("publish not confirmed by replicas: %s", exc)
+                raise NotReplicated(f"stored on the Redis master but {exc}: not accepted; retry with the "
+                                    "same Idempotency-Key to publish it once") from exc
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 sent, error = True, exc
             except redis.RedisError as exc:  # an error reply: the script did not run to the end

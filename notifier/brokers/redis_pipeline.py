@@ -7,6 +7,10 @@ that. Here one caller at a time leads: it sends every queued call, reads their r
 order, hands each its answer, and passes the lead to the next queued caller, so no caller
 serves others for longer than one round. Every call carries its publish token (see
 redis_script), so one whose outcome a broken connection left unknown is retried safely.
+
+With ``replicas``, a round ends with ``WAIT replicas timeout`` in the same write: one wait
+covers every call of the round, and a call's answer is handed out only once enough
+replicas have what it wrote (otherwise it gets ``Unreplicated``).
 """
 from __future__ import annotations
 
@@ -30,6 +34,14 @@ class NotSent(Exception):
     """No connection to Redis could be had: the command was certainly not applied."""
 
 
+class Unreplicated(Exception):
+    """The call ran on the master, but fewer replicas than asked confirmed it in time."""
+
+    def __init__(self, confirmed: int, wanted: int) -> None:
+        super().__init__(f"{confirmed} of {wanted} replicas confirmed in time")
+        self.confirmed, self.wanted = confirmed, wanted
+
+
 class _Call:
     __slots__ = ("command", "done", "answer", "error", "lead")
 
@@ -48,13 +60,16 @@ class _Call:
 class ScriptPipeline:
     """Runs the publish script for concurrent callers over one connection of its own."""
 
-    def __init__(self, make_connection: Callable[[], Any], timeout: float) -> None:
+    def __init__(self, make_connection: Callable[[], Any], timeout: float, replicas: int = 0,
+                 replica_wait: float = 1.0) -> None:
         self._make = make_connection
+        self._replicas = replicas
+        self._wait_command = ("WAIT", replicas, max(1, int(replica_wait * 1000))) if replicas else None
         self._conn: Any = None
         self._lock = threading.Lock()
         self._queue: list[_Call] = []
         self._leading = False
-        self._wait = timeout + WAIT_MARGIN
+        self._wait = timeout + (replica_wait if replicas else 0) + WAIT_MARGIN
 
     def call(self, keys: tuple[str, ...], args: list[Any]) -> Any:
         """The script's answer; NotSent when no connection could be had (it certainly did not
@@ -141,27 +156,41 @@ class ScriptPipeline:
             for call in batch:
                 call.finish(error=exc)
             return missing
+        answered: list[tuple[_Call, Any]] = []
         for index, call in enumerate(batch):
             try:
-                call.finish(conn.read_response())
+                answered.append((call, conn.read_response()))
             except redis.exceptions.NoScriptError:
                 missing.append(call)
             except redis.ResponseError as exc:  # an error reply: the connection is fine
                 call.finish(error=exc)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self.close()
-                for rest in batch[index:]:
+                for rest in [c for c, _ in answered] + batch[index:]:
                     rest.finish(error=exc)
                 return []
+        error: BaseException | None = None
+        if self._wait_command is not None:
+            try:
+                confirmed = conn.read_response()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:  # written, replication unknown
+                self.close()
+                confirmed, error = 0, exc
+            if error is None and confirmed < self._replicas:
+                error = Unreplicated(confirmed, self._replicas)
+        for call, answer in answered:
+            call.finish(answer, error)
         return missing
 
-    @staticmethod
-    def _pack(conn: Any, batch: list[_Call]) -> Any:
-        """The calls in Redis's protocol: hiredis packs a call's hundreds of arguments in C
-        (redis-py's packer first walks them in Python)."""
+    def _pack(self, conn: Any, batch: list[_Call]) -> Any:
+        """The calls in Redis's protocol (and the round's WAIT): hiredis packs a call's
+        hundreds of arguments in C (redis-py's packer first walks them in Python)."""
+        commands = [call.command for call in batch]
+        if self._wait_command is not None:
+            commands.append(self._wait_command)
         if pack_command is None:
-            return conn.pack_commands([call.command for call in batch])
-        return [b"".join([pack_command(call.command) for call in batch])]
+            return conn.pack_commands(commands)
+        return [b"".join([pack_command(command) for command in commands])]
 
     def _connection(self) -> Any:
         if self._conn is None:

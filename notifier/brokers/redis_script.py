@@ -12,17 +12,25 @@ import hashlib
 # another, CONFLICT. KEYS[2] is this publish's own token: a retry after a lost reply gets
 # the first ids instead of a second copy. KEYS[3], if not "", counts the publisher's
 # notifications this second: once it had reached ARGV[3] before these, nothing is added.
+# A replay writes too (the token): a WAIT after it then covers what it answers, even on a
+# connection that wrote nothing before (after a reconnect, or a failover).
 PUBLISH_ONCE = """
 local n = (#ARGV - 5) / 3
 if KEYS[4] ~= '' then
   local seen = redis.call('HMGET', KEYS[4], 'ids', 'f')
   if seen[1] then
-    if seen[2] == ARGV[4] then return {1, seen[1]} end
+    if seen[2] == ARGV[4] then
+      redis.call('SET', KEYS[2], seen[1], 'EX', ARGV[2])
+      return {1, seen[1]}
+    end
     return {2}
   end
 end
 local ids = redis.call('GET', KEYS[2])
-if ids then return {0, ids} end
+if ids then
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  return {0, ids}
+end
 if KEYS[3] ~= '' then
   local count = redis.call('INCRBY', KEYS[3], n)
   if count == n then redis.call('EXPIRE', KEYS[3], 2) end
