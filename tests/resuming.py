@@ -91,6 +91,7 @@ class Publisher(threading.Thread):
         self.retry_for, self.max_pause = retry_for, max_pause
         self.accepted: list[tuple[float, str]] = []  # (time.monotonic() of the 202, id)
         self.retries: Counter = Counter()  # why a publish was retried: a status or an exception name
+        self.errors: Counter = Counter()  # the "error" of each 503 and 429
         self.failures: list = []
 
     def run(self) -> None:
@@ -116,6 +117,7 @@ class Publisher(threading.Thread):
                             self.failures.append((r.status_code, r.text))
                             return
                         self.retries[r.status_code] += 1
+                        self.errors[_error(r)] += 1
                         pause = float(r.headers.get("Retry-After", pause))
                     if time.monotonic() > deadline:
                         self.failures.append(("never accepted", key, dict(self.retries)))
@@ -126,3 +128,10 @@ class Publisher(threading.Thread):
     @property
     def ids(self) -> list[str]:
         return [id_ for _, id_ in self.accepted]
+
+
+def _error(reply: requests.Response) -> str:
+    try:
+        return str(reply.json().get("error"))
+    except ValueError:
+        return reply.text[:80]
