@@ -135,7 +135,10 @@ def test_too_few_replicas_is_a_503_and_a_retry_with_the_same_key_publishes_it_on
     cluster.wait_replicas_in_sync(10)
     accepted = post_notify(server.url, body, headers=key)
     assert accepted.status == 202, accepted.text
+    assert accepted.headers.get("idempotent-replayed") == "true", accepted.headers
     sent = accepted.body["id"]
+    print(f"\ntoo few replicas: {refused.status} Retry-After {refused.headers['retry-after']} {refused.text.strip()}; "
+          f"the retry: {accepted.status} {accepted.text.strip()}")
     marker = publish(server.url, title="marker")
     # the entry reached subscribers when it was written; the retry added nothing
     assert [n["id"] for n in listener.notifications(2, timeout=5)] == [sent, marker]
