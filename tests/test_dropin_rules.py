@@ -15,7 +15,7 @@ from clients import SSEClient, WSClient, cookie_of, login, sync_subscribers
 from conftest import PYTHON, ROOT, free_port
 from examples.factory_app import create_app
 from notifier import Notifier, NotifierError
-from notifier.config import Settings
+from notifier.config import SentinelURL, Settings
 from notifier.errors import ConfigError
 from notifier.testing import captured
 
@@ -213,6 +213,24 @@ def test_a_host_can_keep_notifier_off_its_own_redis_and_urls_read_as_redis_py_re
     for url in ("redis://h:port/0", "redis://h:6379/x", "http://h:6379/0"):
         with pytest.raises(ConfigError, match="REDIS_URL"):
             Settings.load({"REDIS_URL": url})
+
+
+def test_a_sentinel_url_names_the_sentinels_the_service_and_the_db_and_a_bad_one_is_refused_at_start():
+    url = "redis+sentinel://:pw@10.0.0.1:26380,10.0.0.2,[::1]:5000/mymaster/2?sentinel_password=sp"
+    assert Settings.load({"REDIS_URL": url}).redis_url == url
+    assert SentinelURL.parse(url) == SentinelURL(
+        (("10.0.0.1", 26380), ("10.0.0.2", 26379), ("::1", 5000)), "mymaster", 2, None, "pw", "sp")
+    assert SentinelURL.parse("redis+sentinel://s1:1/m") == SentinelURL((("s1", 1),), "m")
+    for bad, why in [("redis+sentinel://s1:1", "service"), ("redis+sentinel://s1:1/m/x", "database"),
+                     ("redis+sentinel://s1:x,s2:2/m", "host:port"), ("redis+sentinel://,s2/m", "host:port"),
+                     ("redis+sentinel://s1:70000/m", "host:port")]:
+        with pytest.raises(ConfigError, match=f"REDIS_URL.*{why}"):
+            Settings.load({"REDIS_URL": bad})
+    assert Settings.load({}).redis_min_replicas == 0
+    settings = Settings.load({"NOTIFIER_REDIS_MIN_REPLICAS": "1", "NOTIFIER_REDIS_REPLICA_WAIT": "0.5"})
+    assert (settings.redis_min_replicas, settings.redis_replica_wait) == (1, 0.5)
+    with pytest.raises(ConfigError, match="NOTIFIER_REDIS_MIN_REPLICAS"):
+        Settings.load({"NOTIFIER_REDIS_MIN_REPLICAS": "-1"})
 
 
 @pytest.fixture(scope="module")
