@@ -23,6 +23,16 @@ def readyz(server) -> int:
     return requests.get(server.url + "/readyz", timeout=10).status_code
 
 
+def watch_readyz(server, stop: threading.Event, checks: list) -> None:
+    """(time, status) of /readyz every 0.1 s until ``stop``."""
+    while not stop.is_set():
+        try:
+            checks.append((time.monotonic(), readyz(server)))
+        except requests.RequestException:
+            checks.append((time.monotonic(), None))
+        time.sleep(0.1)
+
+
 def history(server) -> list[dict]:
     """Every notification in history, oldest first, page by page."""
     got: list[dict] = []
@@ -60,11 +70,15 @@ def test_the_master_dies_and_no_202_is_lost_duplicated_or_reordered(sentinel_clu
         publishers = [Publisher([server], stop, first=n, retry_for=FAILOVER_BOUND) for n in range(2)]
         for p in publishers:
             p.start()
+        readiness = threading.Thread(target=watch_readyz, args=(server, stop, checks := []), daemon=True)
+        readiness.start()
         time.sleep(PUBLISH_BEFORE_KILL)
         old = cluster.kill_master()
         killed_at = time.monotonic()
-        cluster.wait_promoted(old.port, timeout=FAILOVER_BOUND)
+        promoted = cluster.wait_promoted(old.port, timeout=FAILOVER_BOUND)
         promoted_at = time.monotonic()
+        wait_until(lambda: any(t > promoted_at and status == 200 for t, status in checks), 5,
+                   message="/readyz 200 after the promotion")
 
         def first_202_after_kill():
             return min((t for p in publishers for t, _ in p.accepted if t > killed_at), default=None)
@@ -105,11 +119,15 @@ def test_the_master_dies_and_no_202_is_lost_duplicated_or_reordered(sentinel_clu
         assert any(t < killed_at for p in publishers for t, _ in p.accepted)
         retries = sum((p.retries for p in publishers), start=Counter())
         errors = sum((p.errors for p in publishers), start=Counter())
+        unready = [t - killed_at for t, status in checks if status != 200]
         print(f"\nfailover: promoted {promoted_at - killed_at:.2f}s after the kill, first 202 "
-              f"{recovered_at - killed_at:.2f}s after it; {len(expected)} accepted, retries {dict(retries)} "
+              f"{recovered_at - killed_at:.2f}s after it; /readyz not 200 " + (
+                  f"from {unready[0]:.2f}s to {unready[-1]:.2f}s after the kill" if unready else "ever") + "; "
+              f"{len(expected)} accepted, retries {dict(retries)} "
               f"{dict(errors)}, "
               f"{len(extras)} delivered ids lost with the old master, "
-              f"{sum(f.reconnects for f in followers)} follower reconnects")
+              f"{sum(f.reconnects for f in followers)} follower reconnects"
+              + ("" if cluster.master_port() == promoted.port else "; the Sentinels failed over AGAIN"))
     finally:
         stop.set()
         for f in followers:
