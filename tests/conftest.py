@@ -291,61 +291,62 @@ class SentinelCluster:
         master = self.master_port()
         return [n for n in self.nodes if n.port != master and n.running]
 
-    def wait_replicas_in_sync(self, timeout: float = 10.0, replicas: list[RedisServer] | None = None) -> None:
-        """Until each running replica (or each of ``replicas``) has its link to the master up
-        and the master counts it among its online replicas."""
+    def _until(self, problems_now, timeout: float, what: str, interval: float = 0.05) -> None:
+        """Poll ``problems_now`` (what is not so yet: empty once it is) until it is empty;
+        after ``timeout``, a TimeoutError that names the problems, with every node's log."""
         deadline = time.monotonic() + timeout
         while True:
-            master = self.nodes[0] if not any(s.running for s in self.sentinels) else self.master
-            todo = replicas if replicas is not None else [n for n in self.nodes if n is not master and n.running]
-            problems = []
             try:
-                online = _redis(master.port).info("replication")
-                online_ports = {int(v["port"]) for k, v in online.items()
-                                if re.fullmatch(r"slave\d+", k) and v.get("state") == "online"}
-                for node in todo:
-                    info = _redis(node.port).info("replication")
-                    if (info.get("role") != "slave" or int(info.get("master_port", 0)) != master.port
-                            or info.get("master_link_status") != "up" or node.port not in online_ports):
-                        problems.append(f"{node.port}: {info.get('role')} of {info.get('master_port')}, "
-                                        f"link {info.get('master_link_status')}")
-            except redis_py.RedisError as exc:
-                problems.append(repr(exc))
+                problems = problems_now()
+            except (redis_py.RedisError, RuntimeError) as exc:
+                problems = [repr(exc)]
             if not problems:
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"replicas of {master.port} not in sync within {timeout}s: {problems}\n"
-                                   + "\n".join(f"--- {n.port}:\n{_tail(n.log, 15)}" for n in self.nodes))
-            time.sleep(0.05)
+                raise TimeoutError(f"{what} not so within {timeout}s: {problems}\n{self.logs(15)}")
+            time.sleep(interval)
+
+    def wait_replicas_in_sync(self, timeout: float = 10.0, replicas: list[RedisServer] | None = None) -> None:
+        """Until each running replica (or each of ``replicas``) has its link to the master up
+        and the master counts it among its online replicas."""
+        def problems() -> list[str]:
+            master = self.nodes[0] if not any(s.running for s in self.sentinels) else self.master
+            todo = replicas if replicas is not None else [n for n in self.nodes if n is not master and n.running]
+            online = _redis(master.port).info("replication")
+            online_ports = {int(v["port"]) for k, v in online.items()
+                            if re.fullmatch(r"slave\d+", k) and v.get("state") == "online"}
+            found = []
+            for node in todo:
+                info = _redis(node.port).info("replication")
+                if (info.get("role") != "slave" or int(info.get("master_port", 0)) != master.port
+                        or info.get("master_link_status") != "up" or node.port not in online_ports):
+                    found.append(f"{node.port}: {info.get('role')} of {info.get('master_port')}, "
+                                 f"link {info.get('master_link_status')}")
+            return found
+
+        self._until(problems, timeout, "replicas in sync")
 
     def wait_sentinels_agree(self, timeout: float = 10.0) -> None:
         """Until every Sentinel names the same master, sees every running replica and the other
         Sentinels, and holds none of them down."""
-        deadline = time.monotonic() + timeout
-        while True:
-            problems = []
-            try:
-                master = self.master_port()
-                replicas = {n.port for n in self.nodes if n.running and n.port != master}
-                for sentinel in self.sentinels:
-                    r = _redis(sentinel.port)
-                    state = r.sentinel_master(self.service)
-                    seen = {int(s["port"]) for s in r.sentinel_slaves(self.service)
-                            if not ({"s_down", "o_down", "disconnected"} & set(s["flags"].split(",")))}
-                    if (int(state["port"]) != master or state["flags"] != "master"
-                            or int(state["num-other-sentinels"]) != len(self.sentinels) - 1
-                            or not replicas <= seen):
-                        problems.append(f"sentinel {sentinel.port}: master {state['port']} ({state['flags']}), "
-                                        f"replicas {sorted(seen)} of {sorted(replicas)}, "
-                                        f"{state['num-other-sentinels']} other sentinels")
-            except (redis_py.RedisError, RuntimeError) as exc:
-                problems.append(repr(exc))
-            if not problems:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Sentinels do not agree within {timeout}s: {problems}\n"
-                                   + "\n".join(f"--- {s.port}:\n{_tail(s.log, 15)}" for s in self.sentinels))
-            time.sleep(0.1)
+        def problems() -> list[str]:
+            master = self.master_port()
+            replicas = {n.port for n in self.nodes if n.running and n.port != master}
+            found = []
+            for sentinel in self.sentinels:
+                r = _redis(sentinel.port)
+                state = r.sentinel_master(self.service)
+                seen = {int(s["port"]) for s in r.sentinel_slaves(self.service)
+                        if not ({"s_down", "o_down", "disconnected"} & set(s["flags"].split(",")))}
+                if (int(state["port"]) != master or state["flags"] != "master"
+                        or int(state["num-other-sentinels"]) != len(self.sentinels) - 1
+                        or not replicas <= seen):
+                    found.append(f"sentinel {sentinel.port}: master {state['port']} ({state['flags']}), "
+                                 f"replicas {sorted(seen)} of {sorted(replicas)}, "
+                                 f"{state['num-other-sentinels']} other sentinels")
+            return found
+
+        self._until(problems, timeout, "Sentinels agreeing", interval=0.1)
 
     # -- failures ------------------------------------------------------------------------------
     def kill_master(self) -> RedisServer:
@@ -356,22 +357,14 @@ class SentinelCluster:
 
     def wait_promoted(self, old_port: int, timeout: float = 15.0) -> RedisServer:
         """Until the Sentinels name another master than ``old_port`` and it says it is one."""
-        def promoted():
+        def problems() -> list[str]:
             port = self.master_port()
-            return port != old_port and _redis(port).info("replication")["role"] == "master" and self.node(port)
+            if port == old_port or _redis(port).info("replication")["role"] != "master":
+                return [f"master still {old_port}, or {port} not yet a master"]
+            return []
 
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                node = promoted()
-                if node:
-                    return node
-            except (redis_py.RedisError, RuntimeError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no replica promoted within {timeout}s:\n"
-                                   + "\n".join(f"--- {s.port}:\n{_tail(s.log, 15)}" for s in self.sentinels))
-            time.sleep(0.05)
+        self._until(problems, timeout, "a replica promoted")
+        return self.master
 
     def logs(self, n: int = 20) -> str:
         return "\n".join(f"--- {kind} {s.port}:\n{_tail(s.log, n)}"
