@@ -180,6 +180,9 @@ class Settings:
     presence_events: tuple[str, ...] = ()
     redis_min_replicas: int = 0
     redis_replica_wait: float = 1.0
+    inbox_url: str | None = None
+    inbox_ttl: int = 90
+    inbox_size: int = 1000
 
     @property
     def max_subscribers(self) -> int:
@@ -232,6 +235,9 @@ class Settings:
             presence_events=_presence_patterns(config),
             redis_min_replicas=_number(config, "NOTIFIER_REDIS_MIN_REPLICAS", 0, minimum=0),
             redis_replica_wait=_number(config, "NOTIFIER_REDIS_REPLICA_WAIT", 1.0, float, minimum=0.01),
+            inbox_url=_raw(config, "NOTIFIER_INBOX_URL"),
+            inbox_ttl=_number(config, "NOTIFIER_INBOX_TTL", 90),
+            inbox_size=_number(config, "NOTIFIER_INBOX_SIZE", 1000),
             demo=_flag(config, "NOTIFIER_DEMO", standalone),
             metrics_route=_flag(config, "NOTIFIER_METRICS", True),
             openapi_route=_flag(config, "NOTIFIER_OPENAPI", True),

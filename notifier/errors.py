@@ -78,6 +78,15 @@ class NotReplicated(BrokerUnavailable):
     already have it. A retry with the same ``Idempotency-Key`` publishes it once."""
 
 
+class NotKept(BrokerUnavailable):
+    """Published, but the inbox database did not store it: not accepted (no 202), though
+    subscribers may have it. A retry with the same ``Idempotency-Key`` keeps it once."""
+
+
+class NotFound(NotifierError):
+    status = 404
+
+
 class TooManyRequests(NotifierError):
     """A limit was hit (publish rate, connections per user); ``retry_after`` in seconds."""
 

@@ -39,6 +39,15 @@ SUBSCRIBE_ERRORS = {
 }
 
 
+INBOX_ERRORS = {
+    "400": _error("a bad id, limit or body"),
+    "401": _error("no user: a token (or the app's session) is needed"),
+    "403": _error("a page of another origin using the app's session"),
+    "404": _error("not in the user's inbox, or the inbox is off (NOTIFIER_INBOX_URL unset)"),
+    "503": _error("the inbox database is unavailable (see Retry-After)"),
+}
+
+
 def spec(base_path: str = "") -> dict[str, Any]:
     """The OpenAPI document, with ``base_path`` as the server URL (where notifier is mounted)."""
     return {
@@ -147,6 +156,48 @@ def spec(base_path: str = "") -> dict[str, Any]:
                     "503": _error("history unavailable"),
                 },
             }},
+            "/inbox": {"get": {
+                "summary": "The identified user's inbox, newest first, with read state and the unread count",
+                "parameters": _subscribe_params(resume=False)[1:] + [
+                    {"name": "before", "in": "query", "required": False, "schema": ID,
+                     "description": "only notifications older than this id (the next page)"},
+                    {"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}},
+                ],
+                "responses": {
+                    "200": {"description": "a page of the inbox",
+                            "content": {"application/json": {"schema": {
+                                "type": "object", "required": ["notifications", "unread", "more"],
+                                "properties": {
+                                    "notifications": {"type": "array", "items": {"allOf": [
+                                        {"$ref": "#/components/schemas/Notification"},
+                                        {"type": "object", "required": ["read"],
+                                         "properties": {"read": {"type": "boolean"}}}]}},
+                                    "unread": {"type": "integer"}, "more": {"type": "boolean"}}}}}},
+                    **INBOX_ERRORS,
+                },
+            }},
+            "/inbox/read": {"post": {
+                "summary": "Mark notifications of the identified user read (ids, or all); every connection "
+                           "of the user gets notifier.read",
+                "parameters": _subscribe_params(resume=False)[1:],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                    {"type": "object", "required": ["ids"], "additionalProperties": False,
+                     "properties": {"ids": {"type": "array", "items": ID, "minItems": 1, "maxItems": 1000}}},
+                    {"type": "object", "required": ["all"], "additionalProperties": False,
+                     "properties": {"all": {"const": True}}}]}}}},
+                "responses": {"200": {"description": "the unread count after", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["unread"],
+                               "properties": {"unread": {"type": "integer"}}}}}},
+                              "415": _error("not application/json"), **INBOX_ERRORS},
+            }},
+            "/inbox/{notification_id}": {"delete": {
+                "summary": "Delete one notification of the identified user; every connection of the user "
+                           "gets notifier.deleted",
+                "parameters": [{"name": "notification_id", "in": "path", "required": True, "schema": ID},
+                               *_subscribe_params(resume=False)[1:]],
+                "responses": {"204": {"description": "deleted"}, **INBOX_ERRORS},
+            }},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "serving"}}}},
             "/readyz": {"get": {"summary": "Readiness: the broker is reachable",
                                 "responses": {"200": {"description": "ready"}, "503": _error("broker unavailable")}}},
@@ -182,6 +233,8 @@ def spec(base_path: str = "") -> dict[str, Any]:
                         "user_id": {"type": "string", "minLength": 1, "maxLength": 128},
                         "topic": TOPIC,
                         "data": {"type": "object"},
+                        "inbox": {"type": "boolean", "default": True,
+                                  "description": "false: not kept in the user's inbox (true needs user_id)"},
                     },
                     "anyOf": [{"required": ["title"]}, {"required": ["message"]}],
                     "not": {"required": ["user_id", "topic"]},

@@ -17,12 +17,14 @@ from .core.notification import BROADCAST, DISCONNECT, Notification, disconnect_f
     target_key, user_key
 from .core.subscriber import Subscriber
 from .brokers.base import Entry
-from .errors import InvalidNotification, NotifierError, PayloadTooLarge, TooManyRequests, WorkerFull
+from .errors import BrokerUnavailable, InvalidNotification, NotifierError, NotKept, PayloadTooLarge, TooManyRequests, \
+    WorkerFull
 from .idempotency import Published, idempotency
 from .runtime import Runtime, detect
 from .validation import user_id_of, validate_batch, validate_publish
 
 if TYPE_CHECKING:
+    from .inbox.store import InboxStore
     from .transports.socket_writer import SocketWriter
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,20 @@ class Service:
         self.identify: Callable[[], Any] | None = None  # the host app's hook: who the user is
         self.own_identify = False  # given to init_app for this app alone
         self.body_readers = 0  # publish bodies being read now (flask.body caps them)
+        self.inbox: InboxStore | None = None
+        self.inbox_session: Any = None  # the host app's SQLAlchemy session, for publish_after_commit
+        if settings.inbox_url:
+            self.use_inbox(settings.inbox_url)
         SERVICES.add(self)
+
+    def use_inbox(self, engine: Any) -> None:
+        """Keep users' notifications in the database at ``engine`` (a URL, an Engine, or a
+        callable giving one once an app context is there). SQLAlchemy loads only then."""
+        from .inbox.store import InboxStore, engine_for
+
+        settings = self.settings
+        self.inbox = InboxStore(engine_for(engine) if isinstance(engine, str) else engine,
+                                settings.inbox_ttl, settings.inbox_size)
 
     def start(self) -> None:
         """Connect the broker to this worker's hub (idempotent; cheap to call per request)."""
@@ -93,11 +108,17 @@ class Service:
         prometheus_client out of it).
         """
         items = validate_batch(payload) if isinstance(payload, list) else [validate_publish(payload)]
-        entries = [self._entry(fields, i if isinstance(payload, list) else None) for i, fields in enumerate(items)]
         once = idempotency(idempotency_key, publisher, items, self.settings.idempotency_ttl)
+        kept = [fields.pop("inbox", True) and "user_id" in fields for fields in items]
+        entries = [self._entry(fields, i if isinstance(payload, list) else None) for i, fields in enumerate(items)]
         if start:
             self.start()
         published = self.broker.publish(entries, publisher, once)
+        if self.inbox is not None and any(kept):
+            # After the broker gave the ids (they are the inbox's too); a replay stores what
+            # is missing, so the retry of a NotKept keeps it once.
+            self._keep([(fields, entry, i) for fields, entry, i, keep in zip(items, entries, published.ids, kept)
+                        if keep])
         if not published.replayed:
             if start:
                 metrics.published(len(items))
@@ -105,6 +126,27 @@ class Service:
                 for fields, notification_id in zip(items, published.ids):
                     listener(fields, notification_id)
         return published
+
+    def _keep(self, published: list[tuple[dict[str, Any], Entry, str]]) -> None:
+        from .inbox.store import Row
+
+        rows = [Row(fields["user_id"], notification_id, fields["type"], entry[2].decode(), parse_id(notification_id)[0])
+                for fields, entry, notification_id in published]
+        try:
+            self.inbox.add(rows)  # type: ignore[union-attr]
+        except BrokerUnavailable as exc:
+            raise NotKept("published, but the inbox database did not store it: not accepted; retry with the same "
+                          "Idempotency-Key to keep it once") from exc
+
+    def inbox_changed(self, user_id: str, kind: str, ids: list[str] | str, unread: int) -> None:
+        """Tell every connection of the user, on every worker and host, that its inbox
+        changed (``notifier.read`` / ``notifier.deleted``), so other tabs update at once."""
+        fields = {"type": kind, "title": "", "message": "", "ts": now_iso(), "user_id": user_id,
+                  "data": {"ids": ids, "unread": unread}}
+        try:
+            self.broker.publish([(user_key(user_id), kind, encode_fields(fields))])
+        except NotifierError as exc:  # the change is made; other tabs see it when they reconnect
+            log.warning("inbox change not sent to the user's connections: %s", exc)
 
     def disconnect(self, user_id: Any, publisher: str | None = None, *, start: bool = True) -> str:
         """End every open connection of ``user_id`` on every worker and host (WebSocket 4001,

@@ -10,7 +10,7 @@ from .core.notification import now_iso
 
 TYPE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 TOPIC_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
-FIELDS = ("type", "title", "message", "user_id", "topic", "data")
+FIELDS = ("type", "title", "message", "user_id", "topic", "data", "inbox")
 _FIELDS = frozenset(FIELDS)
 PRIVATE_PREFIX = "private-"
 
@@ -64,7 +64,7 @@ def validate_batch(payload: list[Any]) -> list[dict[str, Any]]:
 
 def validate_publish(payload: Any, ts: str | None = None) -> dict[str, Any]:
     """Check a publish body; return the notification's fields (all but the id), in wire order,
-    stamped ``ts`` (default: now)."""
+    stamped ``ts`` (default: now), and ``"inbox": False`` when it is not to be kept in an inbox."""
     if not isinstance(payload, dict):
         raise InvalidNotification("body must be a JSON object")
     if not _FIELDS.issuperset(payload):
@@ -87,6 +87,11 @@ def validate_publish(payload: Any, ts: str | None = None) -> dict[str, Any]:
     data = payload.get("data")
     if "data" in payload and not isinstance(data, dict):
         raise InvalidNotification("data must be a JSON object")
+    keep = payload.get("inbox", True)
+    if not isinstance(keep, bool):
+        raise InvalidNotification("inbox must be true or false")
+    if "inbox" in payload and keep and user_id is None:
+        raise InvalidNotification("inbox: only a notification for a user_id is kept in an inbox")
 
     fields: dict[str, Any] = {"type": type_, "title": title or "", "message": message or "", "ts": ts or now_iso()}
     if user_id is not None:
@@ -95,4 +100,6 @@ def validate_publish(payload: Any, ts: str | None = None) -> dict[str, Any]:
         fields["topic"] = topic
     if data is not None:
         fields["data"] = data
+    if not keep:
+        fields["inbox"] = False  # not a field of the notification: Service.publish takes it out
     return fields

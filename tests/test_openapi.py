@@ -15,6 +15,8 @@ import time
 
 import pytest
 import requests
+import re
+
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
@@ -72,7 +74,7 @@ def served_routes() -> set[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
         if rule.endpoint.startswith("notifier."):
             for method in rule.methods - {"HEAD", "OPTIONS"}:
-                routes.add((rule.rule, method))
+                routes.add((re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method))  # as OpenAPI writes it
     return routes
 
 

@@ -23,7 +23,9 @@ JOIN = "notifier.join"
 LEAVE = "notifier.leave"
 """Types of the presence events a topic's subscribers get when a user's first connection
 to it opens, and its last one closes (NOTIFIER_PRESENCE_EVENTS)."""
-EPHEMERAL = frozenset({DISCONNECT, JOIN, LEAVE})
+READ = "notifier.read"
+DELETED = "notifier.deleted"
+EPHEMERAL = frozenset({DISCONNECT, JOIN, LEAVE, READ, DELETED})
 """Types sent through the broker but never kept in history; delivered, they carry no id."""
 
 LINE_BREAKS = (("\u0085", "\\u0085"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))

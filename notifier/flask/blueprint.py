@@ -11,6 +11,7 @@ does not pay for it.
 from __future__ import annotations
 
 import logging
+from importlib import import_module
 from types import ModuleType
 from typing import Any, Callable
 
@@ -24,16 +25,14 @@ from ..errors import IdentifyFailed, NotifierError, ServerUnsupported
 log = logging.getLogger(__name__)
 
 
-def _views() -> ModuleType:
-    from . import views
-
-    return views
+def _views(module: str = "views") -> ModuleType:
+    return import_module(f"{__package__}.{module}")
 
 
-def _view(name: str) -> Callable[..., Any]:
-    """``views.<name>``, looked up when a request comes."""
+def _view(name: str, module: str = "views") -> Callable[..., Any]:
+    """``<module>.<name>`` (``views`` or ``inbox_views``), looked up when a request comes."""
     def view(**kwargs: Any) -> Any:
-        return getattr(_views(), name)(**kwargs)
+        return getattr(_views(module), name)(**kwargs)
 
     view.__name__ = view.__qualname__ = name
     return view
@@ -51,6 +50,9 @@ def create_blueprint(settings: Settings) -> Blueprint:
     bp.add_url_rule("/ws", view_func=_view("ws"), websocket=True)
     bp.add_url_rule("/ws", endpoint="ws_plain", view_func=_view("ws_without_upgrade"))
     bp.add_url_rule("/notifications", view_func=_view("notifications"))
+    bp.add_url_rule("/inbox", view_func=_view("inbox_list", "inbox_views"))
+    bp.add_url_rule("/inbox/read", view_func=_view("inbox_read", "inbox_views"), methods=["POST"])
+    bp.add_url_rule("/inbox/<notification_id>", view_func=_view("inbox_delete", "inbox_views"), methods=["DELETE"])
     bp.add_url_rule("/healthz", view_func=_view("healthz"))
     bp.add_url_rule("/readyz", view_func=_view("readyz"))
     if settings.metrics_route:

@@ -29,23 +29,31 @@ class Notifier:
     """Real-time notifications for a Flask app: routes, publishing, and who the user is."""
 
     def __init__(self, app: Flask | None = None, *, url_prefix: str | None = None,
-                 identify: Identify | None = None) -> None:
+                 identify: Identify | None = None, inbox: Any = None) -> None:
         self._identify = identify
+        self._inbox = inbox
         self._services: "weakref.WeakSet[Service]" = weakref.WeakSet()
         if app is not None:
             self.init_app(app, url_prefix=url_prefix)
 
     def init_app(self, app: Flask, url_prefix: str | None = None, *, identify: Identify | None = None,
-                 standalone: bool = False) -> None:
+                 standalone: bool = False, inbox: Any = None) -> None:
         """Mount the routes (under ``url_prefix``) and give ``app`` its own hub, broker and hooks.
 
         ``identify``: this app's own hook; without one, the app uses the extension's
-        (``Notifier(identify=...)`` or ``@notifier.identify``).
+        (``Notifier(identify=...)`` or ``@notifier.identify``). ``inbox``: the app's
+        Flask-SQLAlchemy ``db`` (or an SQLAlchemy Engine), to keep users' notifications in
+        the app's own database; without it, NOTIFIER_INBOX_URL says where, if anywhere.
         """
         settings = Settings.load(app.config, standalone=standalone)
         service = Service(settings)
         service.identify = identify or self._identify
         service.own_identify = identify is not None
+        inbox = inbox if inbox is not None else self._inbox
+        if inbox is not None:
+            # Flask-SQLAlchemy's engine exists within an app context: taken at first use.
+            service.use_inbox((lambda: inbox.engine) if hasattr(inbox, "session") else inbox)
+            service.inbox_session = getattr(inbox, "session", None)
         app.extensions["notifier"] = service
         app.register_blueprint(create_blueprint(settings), url_prefix=url_prefix)
         self._services.add(service)
@@ -65,17 +73,30 @@ class Notifier:
 
     def publish(self, title: str | None = None, message: str | None = None, *, type: str | None = None,
                 user_id: str | int | None = None, topic: str | None = None, data: dict | None = None,
-                idempotency_key: str | None = None) -> str:
+                idempotency_key: str | None = None, inbox: bool = True) -> str:
         """Publish from Python code, with the same rules as ``POST /notify``; returns the id.
 
         Raises ``InvalidNotification`` for bad fields and ``BrokerUnavailable`` when the
         broker did not take it (nothing was published: retry, with the same
-        ``idempotency_key`` if one was given, and it is published once).
+        ``idempotency_key`` if one was given, and it is published once). With the inbox on,
+        a notification for a ``user_id`` is kept in it unless ``inbox=False``.
         """
-        payload: dict[str, Any] = {"title": title, "message": message, "type": type,
-                                   "user_id": user_id, "topic": topic, "data": data}
-        return self.service().publish({k: v for k, v in payload.items() if v is not None},
-                                      idempotency_key=idempotency_key).id
+        payload = _payload(title, message, type, user_id, topic, data, inbox)
+        return self.service().publish(payload, idempotency_key=idempotency_key).id
+
+    def publish_after_commit(self, title: str | None = None, message: str | None = None, *, user_id: str | int,
+                             type: str | None = None, data: dict | None = None, session: Any = None) -> None:
+        """Keep a notification for ``user_id`` in the inbox within the app's current database
+        transaction, and publish it once that transaction commits (the outbox pattern): a
+        rollback drops both the app's change and the notification. ``session``: the
+        SQLAlchemy session (default: the ``db.session`` given as ``inbox``)."""
+        from ..inbox.outbox import publish_after_commit
+
+        service = self.service()
+        session = session if session is not None else getattr(service, "inbox_session", None)
+        if service.inbox is None or session is None:
+            raise NotifierError("publish_after_commit needs the inbox in the app's database: Notifier(app, inbox=db)")
+        publish_after_commit(service, session, _payload(title, message, type, user_id, None, data, True))
 
     def publish_many(self, notifications: list[dict[str, Any]], *, idempotency_key: str | None = None) -> list[str]:
         """Publish a batch (dicts with the fields of ``POST /notify``), all or none; their ids.
@@ -120,3 +141,14 @@ class Notifier:
             raise NotifierError("Notifier is not initialised: call Notifier(app) or notifier.init_app(app) first")
         raise NotifierError("this Notifier serves several apps: call it inside an app context "
                             "(with app.app_context(): ...) to say which")
+
+
+def _payload(title: str | None, message: str | None, type: str | None, user_id: Any, topic: str | None,
+             data: dict | None, inbox: bool) -> dict[str, Any]:
+    """The fields of ``POST /notify`` from ``publish``'s arguments (the ones given)."""
+    payload: dict[str, Any] = {"title": title, "message": message, "type": type,
+                               "user_id": user_id, "topic": topic, "data": data}
+    payload = {k: v for k, v in payload.items() if v is not None}
+    if not inbox:
+        payload["inbox"] = False
+    return payload
