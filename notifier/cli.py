@@ -93,7 +93,7 @@ class _Sender:
 
 
 def register(bp: Blueprint) -> None:
-    """Add the ``token``, ``send`` and ``listen`` commands to the blueprint's CLI group."""
+    """Add the ``token``, ``send``, ``listen`` and ``inbox init`` commands to the blueprint's CLI group."""
 
     @bp.cli.command("token")
     @click.argument("user")
@@ -195,3 +195,22 @@ def register(bp: Blueprint) -> None:
             pass
         finally:
             subscription.close()
+
+    @bp.cli.group("inbox")
+    def inbox_group() -> None:
+        """The inbox's tables (NOTIFIER_INBOX_URL, or the app's database given as inbox=)."""
+
+    @inbox_group.command("init")
+    def inbox_init_command() -> None:
+        """Create the inbox's tables if missing (idempotent; the server also does on first use)
+        and print the schema version: for a deploy's release step."""
+        inbox = _state().inbox
+        if inbox is None:
+            raise click.UsageError("the inbox is off: set NOTIFIER_INBOX_URL (or Notifier(app, inbox=db))")
+        try:
+            version = inbox.init()
+        except NotifierError as exc:
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - the database's own error, said in one line
+            raise click.ClickException(f"inbox database: {exc}") from None
+        click.echo(f"inbox tables ready (schema version {version})")
