@@ -94,7 +94,7 @@ class Service:
             log.warning("presence event not sent: %s", exc)
 
     def publish(self, payload: Any, publisher: str | None = None, *, start: bool = True,
-                idempotency_key: str | None = None) -> Published:
+                idempotency_key: str | None = None, ts: str | None = None) -> Published:
         """Validate and publish one notification (an object) or a batch (a list of 1 to
         MAX_BATCH of them, all stored or none); returns the ids once they are in history.
 
@@ -105,9 +105,10 @@ class Service:
         of the broker, not as a server: without following it (a CLI process has no
         subscribers of its own) and without counting it in ``notifier_published_total``
         (which counts what servers accepted; nothing scrapes a CLI process, and this keeps
-        prometheus_client out of it).
+        prometheus_client out of it). ``ts``: the time to stamp (default: now), for a
+        notification kept before it was published (``publish_after_commit``).
         """
-        items = validate_batch(payload) if isinstance(payload, list) else [validate_publish(payload)]
+        items = validate_batch(payload, ts) if isinstance(payload, list) else [validate_publish(payload, ts)]
         once = idempotency(idempotency_key, publisher, items, self.settings.idempotency_ttl)
         kept = [fields.pop("inbox", True) and "user_id" in fields for fields in items]
         entries = [self._entry(fields, i if isinstance(payload, list) else None) for i, fields in enumerate(items)]

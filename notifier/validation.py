@@ -48,12 +48,12 @@ def _string(value: Any, key: str, max_len: int | None) -> str:
 MAX_BATCH = 1000
 
 
-def validate_batch(payload: list[Any]) -> list[dict[str, Any]]:
+def validate_batch(payload: list[Any], ts: str | None = None) -> list[dict[str, Any]]:
     """Check every item of a batch publish; the first bad one raises with its ``index``."""
     if not 1 <= len(payload) <= MAX_BATCH:
         raise InvalidNotification(f"a batch holds 1 to {MAX_BATCH} notifications, got {len(payload)}")
     items = []
-    ts = now_iso()  # published together: one time for all
+    ts = ts or now_iso()  # published together: one time for all
     for index, item in enumerate(payload):
         try:
             items.append(validate_publish(item, ts))

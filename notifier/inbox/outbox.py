@@ -44,20 +44,24 @@ def publish_after_commit(service: "Service", session: Any, payload: dict[str, An
     if not store.ready:
         store.init(conn)
     store.add([Row(fields["user_id"], provisional, fields["type"], encode_fields(fields).decode(), ms)], conn=conn)
-    session.info.setdefault(PENDING, []).append((service, payload, fields["user_id"], provisional))
+    session.info.setdefault(PENDING, []).append((service, payload, fields["ts"], fields["user_id"], provisional))
 
 
 @event.listens_for(Session, "after_commit")
 def _publish_pending(session: Session) -> None:
-    for service, payload, user_id, provisional in session.info.pop(PENDING, ()):
+    for service, payload, ts, user_id, provisional in session.info.pop(PENDING, ()):
         try:
-            notification_id = service.publish({**payload, "inbox": False}).id
+            # Stamped as kept, so the live copy and the inbox's say the same time.
+            notification_id = service.publish({**payload, "inbox": False}, ts=ts).id
             service.inbox.rename(user_id, provisional, notification_id)
         except NotifierError as exc:
             log.error("a committed notification for user %s was kept in the inbox (as %s) but not published: %s",
                       user_id, provisional, exc)
 
 
-@event.listens_for(Session, "after_rollback")
-def _drop_pending(session: Session) -> None:
-    session.info.pop(PENDING, None)
+@event.listens_for(Session, "after_transaction_end")
+def _drop_pending(session: Session, transaction: Any) -> None:
+    """The transaction is over without a commit (rolled back, or the session closed): what it
+    would have published goes with it. (After a commit, after_commit has taken it already.)"""
+    if transaction.parent is None:
+        session.info.pop(PENDING, None)
