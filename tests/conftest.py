@@ -98,6 +98,21 @@ def _stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         pass
 
 
+def cli_env(**extra) -> dict:
+    """The environment of a ``flask notifier`` command: the calling shell's notifier settings left out."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NOTIFIER_") and k not in ("REDIS_URL", "PORT", "WEB_CONCURRENCY")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def flask(*args, env=None, timeout=30) -> subprocess.CompletedProcess:
+    """``flask --app wsgi notifier <args>`` from the repo root, as a user runs it."""
+    return subprocess.run([PYTHON, "-m", "flask", "--app", "wsgi", "notifier", *args], cwd=ROOT,
+                          env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
 # --------------------------------------------------------------------------
 # Redis
 # --------------------------------------------------------------------------
