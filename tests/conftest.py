@@ -16,6 +16,9 @@ test during which a server logged a Python traceback fails at teardown.
   starts ``python -m gunicorn wsgi:app -c gunicorn.conf.py`` from the repo root
   and waits until it is ready (every worker booted, and following Redis if any).
 - ``server_factory``: the same, module-scoped, for modules that share a server.
+- ``postgres_server``: a private PostgreSQL (``tests/pg_server.py``), module-scoped, with
+  ``.url``, ``.port``, ``.stop()``, ``.start()``; ``postgres_database``: a new empty
+  database on it for one test (its URL).
 - ``closing``: closes the test clients handed to it.
 """
 
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +41,8 @@ import psutil
 import pytest
 import redis as redis_py
 import requests
+
+from pg_server import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -90,6 +96,21 @@ def _stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def cli_env(**extra) -> dict:
+    """The environment of a ``flask notifier`` command: the calling shell's notifier settings left out."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("NOTIFIER_") and k not in ("REDIS_URL", "PORT", "WEB_CONCURRENCY")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def flask(*args, env=None, timeout=30) -> subprocess.CompletedProcess:
+    """``flask --app wsgi notifier <args>`` from the repo root, as a user runs it."""
+    return subprocess.run([PYTHON, "-m", "flask", "--app", "wsgi", "notifier", *args], cwd=ROOT,
+                          env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
 
 
 # --------------------------------------------------------------------------
@@ -592,6 +613,7 @@ class ServerFactory:
 
 #: every server started by any fixture, so a failing test's report can show the logs
 _SERVERS: list[NotifierServer] = []
+_POSTGRES: list[PostgresServer] = []
 _CURRENT_TEST = {"nodeid": None}
 
 
@@ -609,6 +631,8 @@ def pytest_runtest_makereport(item, call):
             if running or server.started_by == item.nodeid:
                 rep.sections.append((f"log of {server.app} {server.url} (workers={server.workers})",
                                      server.log_tail()))
+        for pg in _POSTGRES:
+            rep.sections.append((f"log of postgres {pg.port}", pg.log_tail()))
 
 
 def _log_size(server: NotifierServer) -> int:
@@ -666,6 +690,24 @@ def server_factory(tmp_path_factory):
         yield factory
     finally:
         factory.stop_all()
+
+
+@pytest.fixture(scope="module")
+def postgres_server(tmp_path_factory):
+    """A private PostgreSQL shared by the tests of one module (``.url``: its database)."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    _POSTGRES.append(server)
+    try:
+        yield server.start()
+    finally:
+        server.remove()
+        _POSTGRES.remove(server)
+
+
+@pytest.fixture
+def postgres_database(postgres_server):
+    """The URL of a new empty database for one test (CREATE DATABASE: some 40 ms)."""
+    return postgres_server.create_database(f"t_{uuid.uuid4().hex[:16]}")
 
 
 @pytest.fixture(scope="module")

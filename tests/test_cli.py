@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import subprocess
 import threading
@@ -12,22 +11,11 @@ import time
 import pytest
 
 from clients import SSEClient, WSClient, connect_until_spread, publish, sync_subscribers
-from conftest import PYTHON, ROOT
+from conftest import PYTHON, ROOT, cli_env, flask
 
 KEY = "cli-test-key"
 
 
-def cli_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("NOTIFIER_") and k not in ("REDIS_URL", "PORT", "WEB_CONCURRENCY")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-def flask(*args, env=None, timeout=30) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "flask", "--app", "wsgi", "notifier", *args], cwd=ROOT,
-                          env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
 
 
 class Listen:
