@@ -48,9 +48,12 @@ class Shop:
         return publish(self.url, path=PREFIX + "/notify", title="marker")
 
 
-@pytest.fixture(scope="module", params=["sqlite"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def shop(request, server_factory, tmp_path_factory):
-    database_url = f"sqlite:///{tmp_path_factory.mktemp('shop') / 'shop.db'}"
+    if request.param == "postgresql":
+        database_url = request.getfixturevalue("postgres_server").create_database("shop")
+    else:
+        database_url = f"sqlite:///{tmp_path_factory.mktemp('shop') / 'shop.db'}"
     server = server_factory(app="tests.apps.inbox_app:create_app()", prefix=PREFIX, env={"DATABASE_URL": database_url})
     shop = Shop(server, database_url)
     yield shop

@@ -178,8 +178,8 @@ class InboxStore:
         for user_id in dict.fromkeys(r.user_id for r in rows):
             self._trim(conn, user_id)
         if time.monotonic() >= self._next_sweep:
-            self._next_sweep = time.monotonic() + SWEEP_EVERY
             conn.execute(delete(inbox).where(inbox.c.created_ms < self._cutoff()))
+            self._next_sweep = time.monotonic() + SWEEP_EVERY  # not before: a failed sweep is tried again
 
     def _trim(self, conn: Connection, user_id: str) -> None:
         """Keep the user's newest ``size`` rows."""
