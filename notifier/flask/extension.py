@@ -57,8 +57,11 @@ class Notifier:
         app.extensions["notifier"] = service
         app.register_blueprint(create_blueprint(settings), url_prefix=url_prefix)
         self._services.add(service)
-        log.info("notifier on %s: %s broker%s, %s runtime", app.name, "Redis" if settings.redis_url else "in-process",
-                 f" from {settings.redis_url_key}" if settings.redis_url else "", service.runtime.name)
+        inbox_in = ("the app's database" if inbox is not None else
+                    settings.inbox_url.split(":", 1)[0] if settings.inbox_url else None)  # the scheme: no password
+        log.info("notifier on %s: %s broker%s, %s runtime%s", app.name, "Redis" if settings.redis_url else "in-process",
+                 f" from {settings.redis_url_key}" if settings.redis_url else "", service.runtime.name,
+                 f", inbox in {inbox_in}" if inbox_in else "")
 
     def identify(self, hook: Identify) -> Identify:
         """Decorator: ``hook()`` returns the current user's id (or None) from the host app's session.
