@@ -166,6 +166,16 @@ def test_page_connects_over_websocket_and_shows_notifications_newest_first(serve
     assert got[1]["ts"].endswith("Z") and got[1]["time"], got[1]  # ts from the server, shown as a local time
 
 
+def test_demo_says_when_the_inbox_is_off(server, page):
+    """No NOTIFIER_INBOX_URL: GET /inbox is a 404, and the page says so instead of a bell count
+    (tests/test_browser_inbox.py has the bell with the inbox on)."""
+    open_demo(page, server.url)
+    expect(page.locator("#inbox-status")).to_contain_text("The inbox is off on this server")
+    expect(page.locator("#inbox-status")).to_contain_text("NOTIFIER_INBOX_URL")
+    expect(page.locator("#bell")).to_have_attribute("data-inbox", "off")
+    expect(page.locator("#unread")).to_be_hidden()
+
+
 def test_demo_form_publishes_through_post_notify(server, page):
     open_demo(page, server.url)
     sync_page(page, server.url)

@@ -74,6 +74,41 @@ declare namespace Notifier {
     transport?: Transport;
     error?: unknown;
   }
+
+  /** A notification kept in the user's inbox (NOTIFIER_INBOX_URL). */
+  interface InboxNotification extends Notification {
+    read: boolean;
+  }
+
+  /** GET /inbox: newest first. */
+  interface InboxPage {
+    notifications: InboxNotification[];
+    unread: number;
+    /** older ones follow: list({before: the last id}) */
+    more: boolean;
+  }
+
+  /** The user's inbox changed (from any tab or device): "read" or "deleted". */
+  interface InboxChange {
+    ids: string[] | "all";
+    /** the user's unread count after the change */
+    unread: number;
+    ts: string;
+  }
+
+  /** A refused inbox request: `message` is the server's {"error"}; status 401 no user, 404 inbox off or not
+   * in this user's inbox, 503 the inbox database is down. */
+  interface RequestError extends Error {
+    status?: number;
+  }
+
+  /** The user's kept notifications, as the client's token (Authorization: Bearer) or else the page's cookies
+   * identify them. Rejects with a RequestError. */
+  interface Inbox {
+    list(options?: { limit?: number; before?: string }): Promise<InboxPage>;
+    markRead(ids: string[] | string | "all"): Promise<{ unread: number }>;
+    remove(id: string): Promise<void>;
+  }
 }
 
 declare class Notifier {
@@ -86,6 +121,10 @@ declare class Notifier {
   readonly lastEventId: string | null;
   readonly topics: string[];
   readonly stats: { received: number; duplicates: number; connects: number };
+  /** GET /inbox, POST /inbox/read, DELETE /inbox/<id> for this client's user. */
+  readonly inbox: Notifier.Inbox;
+  /** The user's unread count as last known (null before), kept fresh while someone listens to "unread". */
+  readonly unread: number | null;
 
   connect(): this;
   close(info?: Notifier.StateInfo): void;
@@ -109,5 +148,12 @@ declare class Notifier {
   on(event: "leave", fn: (e: Notifier.PresenceEvent) => void): this;
   /** The server disconnected this user (a logout, a revoked permission): the client closes and does not reconnect. */
   on(event: "disconnect", fn: (info: Notifier.StateInfo) => void): this;
+  /** Some of the user's inbox was marked read, here or in another tab or device. */
+  on(event: "read", fn: (change: Notifier.InboxChange) => void): this;
+  /** One was deleted from the user's inbox, here or elsewhere. */
+  on(event: "deleted", fn: (change: Notifier.InboxChange) => void): this;
+  /** The user's unread count: on every (re)connect, after changes and new notifications for the user.
+   * Requests are made only while something listens. */
+  on(event: "unread", fn: (unread: number) => void): this;
   off(event: string, fn: (...args: any[]) => void): this;
 }

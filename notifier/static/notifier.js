@@ -21,6 +21,11 @@
  *   asks who is there now (a WebSocket action).
  * - Disconnected by the server (WebSocket close 4001, or SSE's last "notifier.disconnect"
  *   event: a logout, a revoked permission): fires "disconnect" and closes, no reconnect.
+ * - The inbox (NOTIFIER_INBOX_URL): inbox.list/markRead/remove call GET /inbox, POST
+ *   /inbox/read and DELETE /inbox/<id> with the client's token (else the page's cookies).
+ *   "read" / "deleted" fire on the user's changes from any tab; "unread" gets the unread
+ *   count, kept fresh only while someone listens: those events are not in history, so the
+ *   count is fetched again on every (re)connect and after a notification for the user.
  */
 (function (global) {
   "use strict";
@@ -31,6 +36,8 @@
   const DISCONNECT = "notifier.disconnect";
   const DISCONNECTED = 4001; // WebSocket close code: the server ended this user's connections
   const PRESENCE_EVENTS = { "notifier.join": "join", "notifier.leave": "leave" };
+  const INBOX_EVENTS = { "notifier.read": "read", "notifier.deleted": "deleted" };
+  const UNREAD_DEBOUNCE_MS = 100; // a burst of notifications for the user: one count request
 
   // Where this script was loaded from is where notifier is mounted (also under a url_prefix).
   const script = typeof document !== "undefined" ? document.currentScript : null;
@@ -62,14 +69,22 @@
       this._waiting = []; // topic changes the next connection confirms: { action, topic, resolve, reject }
       this._pending = []; // WebSocket actions sent, awaiting their ack, in order
       this._online = () => { if (this.state === "disconnected") this._openNow(); };
+      this._lastToken = undefined; // what the token function gave last: the inbox requests reuse it
+      this.unread = null; // the user's unread count, once known (see on("unread"))
+      this._unreadVersion = 0; // bumped by each count applied: an answer to an older request is stale
+      this._unreadTimer = null;
+      this.inbox = new Inbox(this);
     }
 
     get topics() { return [...this._topics]; }
 
-    /** Call fn(...) on "notification", "notification:<type>", "reset", "state" or "error". */
+    /** Call fn(...) on "notification", "notification:<type>", "reset", "state", "error", "join",
+     * "leave", "disconnect", "read", "deleted" or "unread". */
     on(event, fn) {
       if (!this._handlers.has(event)) this._handlers.set(event, new Set());
+      const first = event === "unread" && !this._wantsUnread();
       this._handlers.get(event).add(fn);
+      if (first && this.state === "connected") this._refreshUnread(0); // the count was not kept meanwhile
       return this;
     }
 
@@ -91,6 +106,8 @@
     close(info = {}) {
       this._drop();
       clearTimeout(this._timer);
+      clearTimeout(this._unreadTimer);
+      this._unreadTimer = null;
       if (global.removeEventListener) global.removeEventListener("online", this._online);
       const error = new Error("notifier client closed");
       for (const entry of [...this._pending, ...this._waiting]) entry.reject(error);
@@ -168,7 +185,7 @@
       this._setState("connecting", { transport });
       let token = null;
       try {
-        token = typeof this.token === "function" ? await this.token() : this.token;
+        token = await this._currentToken(true);
       } catch (error) {
         if (gen !== this._gen) return;
         this._emit("error", { message: `token function failed: ${error}`, error });
@@ -334,6 +351,10 @@
         this._notification(message);
       } else if (message.type in PRESENCE_EVENTS && !("id" in message)) {
         this._emit(PRESENCE_EVENTS[message.type], { topic: message.topic, user_id: message.data.user_id, ts: message.ts });
+      } else if (message.type in INBOX_EVENTS && !("id" in message)) {
+        const { ids, unread } = message.data;
+        this._emit(INBOX_EVENTS[message.type], { ids, unread, ts: message.ts });
+        this._setUnread(unread, this._unreadVersion);
       } else if ("ack" in message) {
         const entry = this._pending.shift();
         if (entry && entry.action === "presence") {
@@ -363,6 +384,8 @@
       }
       this.lastEventId = n.id;
       this.stats.received++;
+      // one for the user is in their inbox, unless published with "inbox": false: ask the server
+      if (n.user_id !== undefined) this._refreshUnread(UNREAD_DEBOUNCE_MS);
       this._emit("notification", n);
       this._emit(`notification:${n.type}`, n);
     }
@@ -370,7 +393,67 @@
     _setState(state, info) {
       this.state = state;
       this.transport = state === "connected" ? info.transport : null;
+      if (state === "connected") this._refreshUnread(0); // changes made while away are not replayed
       this._emit("state", state, info);
+    }
+
+    // -- the inbox over HTTP ----------------------------------------------------------
+
+    /** The token for a request: a fresh one from the token function for a connection, else the last one. */
+    async _currentToken(fresh) {
+      if (typeof this.token !== "function") return this.token;
+      if (fresh || this._lastToken === undefined) this._lastToken = await this.token();
+      return this._lastToken;
+    }
+
+    /** A JSON request to the server, as the user: the token as a Bearer header, else the page's cookies.
+     * Rejects with the server's {"error"} message (and error.status). */
+    async _request(method, path, body) {
+      const send = async (token) => {
+        const headers = { Accept: "application/json" };
+        if (token) headers.Authorization = `Bearer ${token}`;
+        if (body !== undefined) headers["Content-Type"] = "application/json";
+        return fetch(new URL(path, this.url), {
+          method, headers, body: body === undefined ? undefined : JSON.stringify(body),
+        });
+      };
+      let response = await send(await this._currentToken(false));
+      if (response.status === 401 && typeof this.token === "function") {
+        response = await send(await this._currentToken(true)); // the last token may have expired
+      }
+      if (response.status === 204) return null;
+      let answer = null;
+      try { answer = await response.json(); } catch (e) { /* not JSON */ }
+      if (!response.ok) {
+        const error = new Error((answer && answer.error) || `HTTP ${response.status}`);
+        error.status = response.status;
+        throw error;
+      }
+      return answer;
+    }
+
+    _wantsUnread() {
+      const set = this._handlers.get("unread");
+      return Boolean(set && set.size);
+    }
+
+    /** A count applied unless a newer one was since `version` was read (answers can cross events). */
+    _setUnread(unread, version) {
+      if (typeof unread !== "number" || version !== this._unreadVersion) return;
+      this._unreadVersion++;
+      this.unread = unread;
+      this._emit("unread", unread);
+    }
+
+    /** Fetch the unread count in `delay` ms, once for however many asks meanwhile; only for listeners. */
+    _refreshUnread(delay) {
+      if (!this._wantsUnread() || this._unreadTimer !== null) return;
+      this._unreadTimer = setTimeout(() => {
+        this._unreadTimer = null;
+        this.inbox.list({ limit: 1 }).catch((error) => {
+          this._emit("error", { message: `unread count: ${error.message}`, status: error.status, error });
+        });
+      }, delay);
     }
 
     _emit(event, ...args) {
@@ -383,6 +466,41 @@
           setTimeout(() => { throw error; });
         }
       }
+    }
+  }
+
+  /** notifier.inbox: the user's kept notifications (GET /inbox, POST /inbox/read, DELETE /inbox/<id>). */
+  class Inbox {
+    constructor(client) {
+      this._client = client;
+    }
+
+    /** Newest first: resolves {notifications: [... each with "read"], unread, more}; `before`: an id, for the next page. */
+    async list({ limit, before } = {}) {
+      const client = this._client;
+      const query = new URLSearchParams();
+      if (limit !== undefined) query.set("limit", limit);
+      if (before) query.set("before", before);
+      const version = client._unreadVersion;
+      const answer = await client._request("GET", `inbox${String(query) ? "?" + query : ""}`);
+      client._setUnread(answer.unread, version);
+      return answer;
+    }
+
+    /** Mark some ids read, or "all": resolves {unread}. */
+    async markRead(ids) {
+      const client = this._client;
+      const body = ids === "all" ? { all: true } : { ids: typeof ids === "string" ? [ids] : [...ids] };
+      const version = client._unreadVersion;
+      const answer = await client._request("POST", "inbox/read", body);
+      client._setUnread(answer.unread, version);
+      return answer;
+    }
+
+    /** Delete one from the inbox; resolves once it is gone. */
+    async remove(id) {
+      await this._client._request("DELETE", `inbox/${encodeURIComponent(id)}`);
+      this._client._refreshUnread(0); // the answer has no count
     }
   }
 
