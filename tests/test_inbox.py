@@ -251,6 +251,23 @@ def test_no_user_bad_body_not_json(server):
     assert listing(server, user)["unread"] == 1  # none of these changed anything
 
 
+def test_a_page_of_another_origin_uses_the_inbox_with_a_token_after_a_preflight(server):
+    user, origin = new_user(), "https://app.example"
+    publish(server.url, user_id=user, title="cross-origin")
+    preflight = requests.options(server.url + "/inbox/read", timeout=10, headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert {"POST", "DELETE"} <= set(preflight.headers["Access-Control-Allow-Methods"].replace(" ", "").split(","))
+    assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    page = requests.get(server.url + "/inbox", headers={**auth(user), "Origin": origin}, timeout=10)
+    assert page.status_code == 200 and page.headers["Access-Control-Allow-Origin"] == "*"
+    assert page.json()["unread"] == 1
+    refused = requests.get(server.url + "/inbox", headers={"Origin": origin}, timeout=10)
+    assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"] == "*"  # readable error
+
+
 def test_expired_rows_are_not_listed_nor_counted(server, engine):
     user = new_user()
     old = insert_expired(engine, user)

@@ -59,9 +59,27 @@ def create_blueprint(settings: Settings) -> Blueprint:
         bp.add_url_rule("/metrics", view_func=_view("metrics_text"))
     if settings.openapi_route:
         bp.add_url_rule("/openapi.json", view_func=_view("openapi"))
+    bp.after_request(_inbox_cors)
     browser.register(bp, demo=settings.demo)  # /notifier.js, /notifier.d.ts, /demo
     cli.register(bp)
     return bp
+
+
+INBOX_ENDPOINTS = ("notifier.inbox_list", "notifier.inbox_read", "notifier.inbox_delete")
+
+
+def _inbox_cors(response: Response) -> Response:
+    """The inbox's answers (errors and preflights included) carry the streams' CORS rule,
+    so a page of another origin can use it with a token (or its allowed origin with cookies)."""
+    if request.endpoint in INBOX_ENDPOINTS and request.headers.get("Origin"):
+        from flask import current_app
+
+        response.headers.update(_views().cors_headers(current_app.extensions["notifier"]))
+        if request.method == "OPTIONS":
+            response.headers.update({"Access-Control-Allow-Methods": "GET, POST, DELETE",
+                                     "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                                     "Access-Control-Max-Age": "600"})
+    return response
 
 
 def http_error(exc: HTTPException) -> Response:

@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Response, request
 
+from ..auth import check_origin
 from ..core.notification import DELETED, READ
 from ..errors import InvalidNotification, NotFound, Unauthorized
 from ..service import Service, is_id
@@ -20,6 +21,7 @@ DEFAULT_LIMIT = 50
 def _user(svc: Service) -> str:
     if svc.inbox is None:
         raise NotFound("the inbox is off: set NOTIFIER_INBOX_URL (or Notifier(app, inbox=db))")
+    check_origin(svc.settings, request.headers.get("Origin"), request.host)  # as the streams do
     user_id = Subscription(svc, live=False, stream=False).user_id
     if user_id is None:
         raise Unauthorized("the inbox is a user's: connect with a token (?token= or Authorization: Bearer) "
