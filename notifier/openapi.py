@@ -12,6 +12,11 @@ def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ERROR}}}
 
 
+def _limit(default: int) -> dict[str, Any]:
+    return {"name": "limit", "in": "query", "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": default}}
+
+
 def _text(description: str, media_type: str) -> dict[str, Any]:
     return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
 
@@ -139,8 +144,7 @@ def spec(base_path: str = "") -> dict[str, Any]:
                 "summary": "History as JSON, with the same entitlement rules",
                 "parameters": _subscribe_params(resume=False) + [
                     {"name": "since", "in": "query", "required": False, "schema": ID},
-                    {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                    _limit(100),
                 ],
                 "responses": {
                     "200": {"description": "notifications, oldest first",
@@ -161,8 +165,7 @@ def spec(base_path: str = "") -> dict[str, Any]:
                 "parameters": _subscribe_params(resume=False)[1:] + [
                     {"name": "before", "in": "query", "required": False, "schema": ID,
                      "description": "only notifications older than this id (the next page)"},
-                    {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}},
+                    _limit(50),
                 ],
                 "responses": {
                     "200": {"description": "a page of the inbox",
