@@ -32,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -178,6 +178,13 @@ def stop_process(proc: subprocess.Popen, timeout: float) -> None:
         proc.wait(5)
     except subprocess.TimeoutExpired:
         pass
+
+
+def stop_started() -> None:
+    """Stop every process this run started that still runs (the last line of every scenario)."""
+    for proc in STARTED:
+        if proc.poll() is None:
+            stop_process(proc, 5)
 
 
 class Redis:
@@ -900,9 +907,7 @@ async def main(argv: list[str]) -> int:
         log("interrupted: stopping servers")
         return 130
     finally:
-        for proc in STARTED:
-            if proc.poll() is None:
-                stop_process(proc, 5)
+        stop_started()
     meta["wall_s"] = round(time.monotonic() - t0, 1)
     meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     jpath, mpath = write_results(cfg, meta, cases)
@@ -950,6 +955,16 @@ async def run_bounded(run: Awaitable[int], timeout: float) -> int:
             return await inner
         except asyncio.CancelledError:
             return 130
+
+
+
+def scenario_main(parse_args: Callable[[list[str]], argparse.Namespace],
+                  run: Callable[[argparse.Namespace, list[str]], Awaitable[int]]) -> int:
+    """A scenario script's entry point (bench/<name>.py): its arguments parsed, ``run(cfg, argv)``
+    bounded by its ``--timeout`` (see run_bounded); the exit status."""
+    argv = sys.argv[1:]
+    cfg = parse_args(argv)
+    return asyncio.run(run_bounded(run(cfg, argv), cfg.timeout))
 
 
 if __name__ == "__main__":

@@ -499,7 +499,7 @@ async def close_subs(col: Collector) -> None:
 # --------------------------------------------------------------------------------
 
 class Publisher:
-    """One keep-alive HTTP/1.1 connection that POSTs JSON to /notify."""
+    """One keep-alive HTTP/1.1 connection that POSTs JSON to /notify (or GETs, ``get``)."""
 
     def __init__(self, port: int, path: str = "/notify", key: str | None = None) -> None:
         self.port = port
@@ -510,15 +510,26 @@ class Publisher:
 
     async def post(self, body: bytes, timeout: float = 10.0) -> int:
         """Status of one publish (0: no answer); reconnects when the server closed the connection."""
-        if self.writer is None or self.writer.is_closing():
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         head = (f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
                 f"{self.auth}Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-        self.writer.write(head + body)
+        return (await self._exchange(head + body, timeout))[0]
+
+    async def get(self, path: str, token: str, timeout: float = 10.0) -> tuple[int, bytes]:
+        """(status, body) of ``GET path`` as the user of ``token`` (0, b"": no answer)."""
+        head = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                f"Authorization: Bearer {token}\r\n\r\n").encode()
+        return await self._exchange(head, timeout)
+
+    async def _exchange(self, request: bytes, timeout: float) -> tuple[int, bytes]:
+        """Write one request, read its answer (a Content-Length body); reconnects when the
+        server closed the connection."""
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write(request)
         try:
             raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
             status = int(raw[9:12])
-            length, close = 0, False
+            length, close, body = 0, False, b""
             for line in raw.split(b"\r\n")[1:]:
                 name, _, value = line.partition(b":")
                 name = name.strip().lower()
@@ -527,13 +538,13 @@ class Publisher:
                 elif name == b"connection" and value.strip().lower() == b"close":
                     close = True
             if length:
-                await asyncio.wait_for(self.reader.readexactly(length), timeout)
+                body = await asyncio.wait_for(self.reader.readexactly(length), timeout)
             if close:
                 self.close()
-            return status
+            return status, body
         except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
             self.close()
-            return 0
+            return 0, b""
 
     def close(self) -> None:
         if self.writer is not None:

@@ -556,9 +556,7 @@ async def run(cfg: argparse.Namespace, argv: list[str]) -> int:
         await lg.close_subs(r.col)
         server.stop()
         redis.stop()
-        for proc in b.STARTED:
-            if proc.poll() is None:
-                b.stop_process(proc, 5)
+        b.stop_started()
     problems = server.log_problems()
     meta["wall_s"] = round(time.monotonic() - t0, 1)
     meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -576,10 +574,5 @@ async def run(cfg: argparse.Namespace, argv: list[str]) -> int:
     return status
 
 
-async def main(argv: list[str]) -> int:
-    cfg = parse_args(argv)
-    return await b.run_bounded(run(cfg, argv), cfg.timeout)
-
-
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1:])))
+    sys.exit(b.scenario_main(parse_args, run))

@@ -768,9 +768,7 @@ async def run(cfg: argparse.Namespace, argv: list[str]) -> int:
         status = 1
     finally:
         gc.unfreeze()
-        for proc in b.STARTED:
-            if proc.poll() is None:
-                b.stop_process(proc, 5)
+        b.stop_started()
     meta["wall_s"] = round(time.monotonic() - t0, 1)
     meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     data["summary"] = summarize(data)
@@ -787,10 +785,5 @@ async def run(cfg: argparse.Namespace, argv: list[str]) -> int:
     return status
 
 
-async def main(argv: list[str]) -> int:
-    cfg = parse_args(argv)
-    return await b.run_bounded(run(cfg, argv), cfg.timeout)
-
-
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1:])))
+    sys.exit(b.scenario_main(parse_args, run))

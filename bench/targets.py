@@ -103,8 +103,7 @@ def main() -> None:
              "--budget", "60" if q else "300", "--name", parts["notifications"]], 1800)
         cli = cli_send_seconds(Path(source["copied_to"]), workdir, 3 if q else 10)
     finally:
-        for proc in b.STARTED:
-            b.stop_process(proc, 5)
+        b.stop_started()
         shutil.rmtree(workdir, ignore_errors=True)
 
     fan = json.loads((out / f"{parts['fanout']}.json").read_text())["cases"]
