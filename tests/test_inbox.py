@@ -405,3 +405,18 @@ def test_cli_inbox_init_creates_the_tables(fresh_database):
         assert {"notifier_inbox", "notifier_inbox_schema"} <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_a_busy_inbox_is_trimmed_every_tenth_of_its_size_and_keeps_the_newest(tmp_path):
+    """Each process trims a user once every SIZE/10 writes to it (a trim reads the user's newest
+    SIZE rows): the table holds at most SIZE plus a tenth, always the newest."""
+    from notifier.inbox.store import InboxStore, Row, engine_for, inbox
+
+    store = InboxStore(engine_for(f"sqlite:///{tmp_path / 'trim.db'}"), ttl_days=1, size=100)
+    now = int(time.time() * 1000)
+    ids = [format_id(now, i) for i in range(250)]
+    for start in range(0, 250, 7):  # batches of 7, as publishes come
+        store.add([Row("u", i, "notification", '{"type":"notification"}', now) for i in ids[start:start + 7]])
+    with store.engine.connect() as conn:
+        kept = sorted(i for (i,) in conn.execute(select(inbox.c.id).where(inbox.c.user_id == "u")))
+    assert 100 <= len(kept) <= 110 and kept == ids[-len(kept):]
