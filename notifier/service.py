@@ -45,6 +45,7 @@ class Service:
         self.broker = create_broker(settings, self.runtime)
         self.presence = self.broker.presence(PresenceRules(settings.presence_events), self.hub, self._presence_event)
         self.hub.presence = self.presence
+        self.broker.follow_keys(self.hub)
         self.started = False
         self.listeners: list[Listener] = []  # told (fields, id) of each publish: notifier.testing
         self.identify: Callable[[], Any] | None = None  # the host app's hook: who the user is
