@@ -75,6 +75,12 @@ class Broker(ABC):
         """Told where to learn which hub keys this worker listens to: a broker that can be
         woken for those alone uses it. This one reads everything: it needs none."""
 
+    def live_floor(self, keys: set[str]) -> str | None:
+        """For a connection about to attach for ``keys`` with no resume point: the id up to
+        which what it is offered was published before it came (skip it), or None when this
+        broker hands a notification to the hub as soon as it is published."""
+        return None
+
     @abstractmethod
     def history(self, after: str | None = None) -> list[Notification] | None:
         """History, oldest first: every notification after ``after`` (all of it if None),

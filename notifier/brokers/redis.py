@@ -242,6 +242,18 @@ class RedisBroker(Broker):
             raise _unavailable(exc) from exc
         return to_notification_id(newest[0][0]) if newest else None
 
+    def live_floor(self, keys: set[str]) -> str | None:
+        """The newest id, if a key is one this worker has no wakes for: the follower reads
+        such keys' entries up to a second late, so without it a new connection would get
+        what was published that long before it came (a page reloaded: seen twice)."""
+        hub = self._keys
+        if hub is None or all(hub.wants(key) for key in keys):
+            return None  # woken for each: read within ms, as they come
+        try:
+            return self.newest_id()
+        except BrokerUnavailable:  # nothing is published while Redis is away
+            return None
+
     def ready(self) -> bool:
         try:
             return bool(self.client.ping())
