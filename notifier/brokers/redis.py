@@ -154,6 +154,8 @@ class RedisBroker(Broker):
         self._wants: Wants | None = None
         self._keys: HubKeys | None = None  # without them the follower is woken for every key
         self._nudge = Nudge()
+        self._wakes: Wakes | None = None  # the current follower's
+        self._wake_prefix = wake_channel_prefix(settings.prefix)
         self._on_gap: OnGap | None = None
         self._last: str | None = None
         self._last_is_a_guess = False  # no entry at that id: nothing to find missing
@@ -177,7 +179,7 @@ class RedisBroker(Broker):
         keys = (self.stream, f"{self.token_prefix}{next(self._tokens)}", rate_key, idem_key)
         args = [self.history_size, TOKEN_TTL, self.publish_rate,
                 idempotency.fingerprint if idempotency else "", idempotency.ttl if idempotency else 0,
-                wake_channel_prefix(self.prefix)]
+                self._wake_prefix]
         for entry in entries:
             args.extend(entry)
         deadline = time.monotonic() + UNKNOWN_OUTCOME_WINDOW
@@ -243,11 +245,11 @@ class RedisBroker(Broker):
         return to_notification_id(newest[0][0]) if newest else None
 
     def live_floor(self, keys: set[str]) -> str | None:
-        """The newest id, if a key is one this worker has no wakes for: the follower reads
-        such keys' entries up to a second late, so without it a new connection would get
-        what was published that long before it came (a page reloaded: seen twice)."""
-        hub = self._keys
-        if hub is None or all(hub.wants(key) for key in keys):
+        """The newest id, if a key is one the follower is not woken for yet: it reads such
+        keys' entries up to a second late, so without it a new connection would get what
+        was published that long before it came (a page reloaded: seen twice)."""
+        wakes = self._wakes
+        if wakes is not None and wakes.covers(keys):
             return None  # woken for each: read within ms, as they come
         try:
             return self.newest_id()
@@ -333,6 +335,7 @@ class RedisBroker(Broker):
         reader = _own_connection(client)
         wakes = Wakes(self.prefix, self._keys, self._nudge,
                       lambda: _own_connection(client, health_check_interval=0, protocol=2))
+        self._wakes = wakes
         backoff = 0.1
         next_trim = 0.0
         lost_at: float | None = None  # when following broke off (time.monotonic()), until it resumes

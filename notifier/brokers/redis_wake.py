@@ -107,6 +107,13 @@ class Wakes:
         self._send(commands, len(add))
         return self._confirm()
 
+    def covers(self, keys: set[str]) -> bool:
+        """Whether every one of ``keys`` wakes the follower now (any thread may ask)."""
+        if self._conn is None:
+            return False
+        subscribed = self._subscribed
+        return self.keys is None or all(key in subscribed for key in keys)
+
     def wait(self, timeout: float) -> None:
         """Until a wake or a nudge comes, or ``timeout`` seconds pass; takes every wake come."""
         if not self._poll.poll(timeout * 1000):
