@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import select
+import threading
+
 import redis
 import requests
 
@@ -78,14 +81,29 @@ def start_server(source: Path, rport: int, work: Path, name: str) -> tuple[subpr
         time.sleep(0.1)
 
 
+LISTENED = "somewhere-else"
+
+
 def listen(port: int, n: int) -> list[socket.socket]:
-    """``n`` SSE connections to a topic nothing is published to: the worker has subscribers."""
+    """``n`` SSE connections to the topic LISTENED (read and dropped in a thread): the
+    worker has subscribers, for a key nothing is published to but with ``--wanted``."""
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(f"GET /events?topic=somewhere-else HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        s.sendall(f"GET /events?topic={LISTENED} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
         socks.append(s)
+    threading.Thread(target=_drop_all, args=(socks,), daemon=True).start()
     return socks
+
+
+def _drop_all(socks: list[socket.socket]) -> None:
+    try:
+        while True:
+            for s in select.select(socks, [], [], 1.0)[0]:
+                if not s.recv(65536):
+                    return
+    except (OSError, ValueError):  # closed at the end
+        return
 
 
 def wait_idle(worker: int) -> None:
@@ -126,7 +144,9 @@ def run_once(source: Path, args: argparse.Namespace) -> dict[str, Any]:
         step = args.step
         for i in range(0, args.count, step):
             if args.via == "server":
-                body = [{"user_id": f"u{(i + j) % 5000}", "title": "x", "message": "y" * 100} for j in range(step)]
+                body = [{"topic": LISTENED} if args.wanted else {"user_id": f"u{(i + j) % 5000}"} for j in range(step)]
+                for item in body:
+                    item.update(title="x", message="y" * 100)
                 r = session.post(f"http://127.0.0.1:{pport}/notify", json=body if step > 1 else body[0], timeout=30)
                 if r.status_code != 202:
                     raise SystemExit(f"publish: {r.status_code} {r.text}")
@@ -165,6 +185,9 @@ def main() -> None:
                              "publishing worker ~1 ms)")
     parser.add_argument("--via", choices=("xadd", "server"), default="xadd")
     parser.add_argument("--listen", type=int, default=1, help="SSE connections the measured worker holds")
+    parser.add_argument("--wanted", action="store_true",
+                        help="with --via server: publish to the topic the --listen connections are on (the cost of "
+                             "a notification the worker delivers, not of one it skips)")
     parser.add_argument("--rev", action="append", default=None,
                         help="git revision of notifier to run (repeatable; 'work': the work tree, the default)")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each --rev, alternating")

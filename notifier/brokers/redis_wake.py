@@ -45,6 +45,10 @@ class Nudge:
             except BlockingIOError:  # full: it has been told already
                 pass
 
+    @property
+    def pending(self) -> bool:
+        return self._pending
+
     def take(self) -> bool:
         """Whether it was poked since the last take. Drained before the flag is cleared, so
         a poke that comes after this sees the flag clear, or its byte stays in the pipe."""
@@ -75,11 +79,13 @@ class Wakes:
         self._poll: Any = None
         self._subscribed: set[str] = set()
         self._unconfirmed = 0
+        self._nudged = False  # the pipe was readable at the last wait
 
     def sync(self) -> None:
         """Subscribe to the keys the hub wants now, unsubscribe from those it no longer
         does. Returns once Redis confirmed the new subscriptions: a stream read after this
         sees every entry whose wake this connection will not get."""
+        self._nudged = False
         if self._conn is None:
             self.nudge.take()
             if self.keys is not None:
@@ -94,7 +100,7 @@ class Wakes:
                 self._send([("PSUBSCRIBE", _glob_escape(self.channel) + "*")], 1)
                 return self._confirm()
             add, drop = self.keys.keys(), []
-        elif self.nudge.take() and self.keys is not None:
+        elif (self._nudged or self.nudge.pending) and self.nudge.take() and self.keys is not None:
             changes, wants = self.keys.key_changes(), self.keys.wants
             add = [k for k in changes if k not in self._subscribed and wants(k)]
             drop = [k for k in changes if k in self._subscribed and not wants(k)]
@@ -116,9 +122,12 @@ class Wakes:
 
     def wait(self, timeout: float) -> None:
         """Until a wake or a nudge comes, or ``timeout`` seconds pass; takes every wake come."""
-        if not self._poll.poll(timeout * 1000):
-            return
-        self._drain()
+        for fd, _event in self._poll.poll(timeout * 1000):
+            if fd == self.nudge.fileno:
+                self._nudged = True
+            else:
+                self._read()  # readable: a reply at least is there (or EOF: ConnectionError)
+                self._drain()
 
     def close(self) -> None:
         conn, self._conn, self._poll = self._conn, None, None
@@ -136,7 +145,14 @@ class Wakes:
         self._drain()
 
     def _drain(self) -> None:
-        while self._conn.can_read(0):
+        """Read the replies already received (a wait follows: no system call for more)."""
+        parser = self._conn._parser
+        has_data = getattr(getattr(parser, "_reader", None), "has_data", None)  # hiredis: buffered bytes
+        if has_data is None:  # redis-py's own parser
+            while self._conn.can_read(0):
+                self._read()
+            return
+        while has_data():
             self._read()
 
     def _read(self) -> None:
