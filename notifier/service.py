@@ -15,7 +15,7 @@ from .core.hub import Hub
 from .core.presence import PresenceRules
 from .core.notification import BROADCAST, DISCONNECT, Notification, disconnect_fields, encode_fields, format_id, now_iso, parse_id, \
     target_key, user_key
-from .core.subscriber import Subscriber
+from .core.subscriber import Subscriber, entitled_keys
 from .brokers.base import Entry
 from .errors import BrokerUnavailable, InvalidNotification, NotifierError, NotKept, PayloadTooLarge, TooManyRequests, \
     WorkerFull
@@ -45,6 +45,7 @@ class Service:
         self.broker = create_broker(settings, self.runtime)
         self.presence = self.broker.presence(PresenceRules(settings.presence_events), self.hub, self._presence_event)
         self.hub.presence = self.presence
+        self.broker.follow_keys(self.hub)
         self.started = False
         self.listeners: list[Listener] = []  # told (fields, id) of each publish: notifier.testing
         self.identify: Callable[[], Any] | None = None  # the host app's hook: who the user is
@@ -196,9 +197,13 @@ class Service:
         the floor are covered by the replay, so the writer skips them. If reading
         history fails, the subscriber is released and the error raised.
         """
+        topics = list(topics)
+        # Before it attaches: no notification published after this is below it.
+        fresh_floor = self.broker.live_floor(entitled_keys(user_id, topics)) if last_id is None else None
         sub = self.hub.subscribe(writer, transport, user_id, topics, grant)
         try:
             replay, floor = self.resume(sub.keys, last_id)
+            floor = floor or fresh_floor
         except BaseException:
             self.hub.unsubscribe(sub)
             raise

@@ -7,7 +7,7 @@ so the embedded default never needs the ``redis`` package to be reachable.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from ..config import Settings
 from ..core.notification import Notification
@@ -25,6 +25,20 @@ OnGap = Callable[[float], None]
 """Told the ``time.monotonic()`` at which the broker stopped following: connections
 attached since then resumed from history as it is now, so only older ones must resume."""
 Wants = Callable[[str], bool]
+
+
+class HubKeys(Protocol):
+    """Which hub keys a worker's connections listen to, and when that changes (the hub)."""
+
+    on_keys: Callable[[], None] | None
+    """Called (from any thread, cheaply) when a key got its first subscriber or lost its last."""
+
+    def keys(self) -> list[str]: ...
+
+    def key_changes(self) -> set[str]:
+        """Takes the keys changed since the last call."""
+
+    def wants(self, key: str) -> bool: ...
 
 
 class Broker(ABC):
@@ -56,6 +70,16 @@ class Broker(ABC):
         after the last notification it delivered (its history moved past that point), with
         the time it lost its place.
         """
+
+    def follow_keys(self, keys: HubKeys) -> None:
+        """Told where to learn which hub keys this worker listens to: a broker that can be
+        woken for those alone uses it. This one reads everything: it needs none."""
+
+    def live_floor(self, keys: set[str]) -> str | None:
+        """For a connection about to attach for ``keys`` with no resume point: the id up to
+        which what it is offered was published before it came (skip it), or None when this
+        broker hands a notification to the hub as soon as it is published."""
+        return None
 
     @abstractmethod
     def history(self, after: str | None = None) -> list[Notification] | None:

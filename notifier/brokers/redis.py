@@ -2,10 +2,12 @@
 
 Publishing is ``XADD`` (capped at ``NOTIFIER_HISTORY_SIZE``): the 202 is sent only after
 Redis has the entry, so an accepted notification is in history. Each worker follows the
-stream with ``XREAD BLOCK`` from the last id it saw, in one background greenlet; after a
-dropped connection it continues from that id, so nothing Redis accepted is skipped
-(pub/sub would drop whatever was published while it reconnects). If that id is gone
-when it comes back (Redis restarted empty, or trimmed past it), it reports a gap.
+stream from the last id it saw, in one background greenlet, reading when Redis wakes it
+for a key its connections want (redis_wake) and otherwise once a second; after a dropped
+connection it continues from that id, so nothing Redis accepted is skipped (pub/sub
+alone would drop whatever was published while it reconnects: it only says when to read).
+If that id is gone when it comes back (Redis restarted empty, or trimmed past it), it
+reports a gap.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from ..idempotency import CONFLICT as CONFLICT_MESSAGE
 from ..idempotency import Idempotency, Published
 from ..ratelimit import too_many
 from ..runtime import Runtime, Task
-from .base import Broker, Deliver, Entry, OnGap, Wants
+from .base import Broker, Deliver, Entry, HubKeys, OnGap, Wants
 
 if TYPE_CHECKING:
     from ..core.hub import Hub
@@ -35,16 +37,20 @@ if TYPE_CHECKING:
 from .redis_stream import entry_notification, target_of, to_notification_id, to_stream_id
 from .redis_pipeline import NotSent, ScriptPipeline, Unreplicated
 from .redis_script import CONFLICT, OVER_RATE, REPLAYED
+from .redis_wake import Nudge, Wakes, wake_channel_prefix
 
 log = logging.getLogger(__name__)
 
-BLOCK_MS = 1000
-"""The follower's XREAD BLOCK: with FOLLOW_TIMEOUT_MARGIN, a dead connection (a network
+WAKE_EVERY = 1.0
+"""Seconds the follower waits for a wake before it reads anyway: entries no connection here
+wants are read, and skipped, in pages about once a second."""
+FOLLOW_TIMEOUT = 1.0
+"""Seconds Redis has to answer the follower: with WAKE_EVERY, a dead connection (a network
 partition sends no reset) is noticed within about 2 s."""
-FOLLOW_TIMEOUT_MARGIN = 1.0
 POOL_WAIT = 5.0
 """Seconds a publish or resume waits for a pooled Redis connection before it is a 503."""
-BATCH = 512
+BATCH = 1000
+"""Entries per follower read: a full page is followed at once by the next."""
 GATHER = 0.002
 """Seconds the follower waits after a short read before the next one, so entries arriving
 one by one are read a few at a time: at most 500 reads a second, ~1 ms more latency."""
@@ -104,11 +110,11 @@ def _sentinel_pool(url: SentinelURL, options: dict[str, Any]) -> redis.Connectio
                                  username=url.username, password=url.password, **options)
 
 
-def _own_connection(client: redis.Redis) -> Any:
-    """A connection to ``client``'s Redis with its settings, outside its pool: for a caller
-    that keeps one for itself (the follower's XREAD, the pipelined publishes)."""
+def _own_connection(client: redis.Redis, **overrides: Any) -> Any:
+    """A connection to ``client``'s Redis with its settings (but ``overrides``), outside its
+    pool: for a caller that keeps one for itself (the follower's, the pipelined publishes)."""
     pool = client.connection_pool
-    return pool.connection_class(**pool.connection_kwargs)
+    return pool.connection_class(**{**pool.connection_kwargs, **overrides})
 
 
 def _unavailable(exc: Exception) -> BrokerUnavailable:
@@ -146,6 +152,10 @@ class RedisBroker(Broker):
         self._following = False
         self._deliver: Deliver | None = None
         self._wants: Wants | None = None
+        self._keys: HubKeys | None = None  # without them the follower is woken for every key
+        self._nudge = Nudge()
+        self._wakes: Wakes | None = None  # the current follower's
+        self._wake_prefix = wake_channel_prefix(settings.prefix)
         self._on_gap: OnGap | None = None
         self._last: str | None = None
         self._last_is_a_guess = False  # no entry at that id: nothing to find missing
@@ -168,7 +178,8 @@ class RedisBroker(Broker):
         idem_key = f"{self.prefix}:idem:{idempotency.name}" if idempotency is not None else ""
         keys = (self.stream, f"{self.token_prefix}{next(self._tokens)}", rate_key, idem_key)
         args = [self.history_size, TOKEN_TTL, self.publish_rate,
-                idempotency.fingerprint if idempotency else "", idempotency.ttl if idempotency else 0]
+                idempotency.fingerprint if idempotency else "", idempotency.ttl if idempotency else 0,
+                self._wake_prefix]
         for entry in entries:
             args.extend(entry)
         deadline = time.monotonic() + UNKNOWN_OUTCOME_WINDOW
@@ -233,11 +244,28 @@ class RedisBroker(Broker):
             raise _unavailable(exc) from exc
         return to_notification_id(newest[0][0]) if newest else None
 
+    def live_floor(self, keys: set[str]) -> str | None:
+        """The newest id, if a key is one the follower is not woken for yet: it reads such
+        keys' entries up to a second late, so without it a new connection would get what
+        was published that long before it came (a page reloaded: seen twice)."""
+        wakes = self._wakes
+        if wakes is not None and wakes.covers(keys):
+            return None  # woken for each: read within ms, as they come
+        try:
+            return self.newest_id()
+        except BrokerUnavailable:  # nothing is published while Redis is away
+            return None
+
     def ready(self) -> bool:
         try:
             return bool(self.client.ping())
         except redis.RedisError:
             return False
+
+    def follow_keys(self, keys: HubKeys) -> None:
+        """The follower subscribes to the wakes of these keys alone (call before start())."""
+        self._keys = keys
+        keys.on_keys = self._nudge.poke
 
     def start(self, deliver: Deliver, on_gap: OnGap | None = None, wants: Wants | None = None) -> None:
         self._deliver, self._on_gap, self._wants = deliver, on_gap, wants
@@ -257,7 +285,7 @@ class RedisBroker(Broker):
             self._follower = self.runtime.spawn(self._follow, self._generation)
 
     def stop(self) -> None:
-        # A greenlet is killed; a thread (blocked in XREAD up to BLOCK_MS) sees that its
+        # A greenlet is killed; a thread (waiting for a wake up to WAKE_EVERY) sees that its
         # generation is over and ends without delivering anything more.
         self._following = False
         self._generation += 1
@@ -298,57 +326,78 @@ class RedisBroker(Broker):
     def _follow(self, generation: int) -> None:
         """Follow the stream forever; on any Redis error, back off and go on from the last id."""
         # No silent retry: a dropped connection must be seen, so the gap check runs.
-        client = _client(self.url, socket_timeout=BLOCK_MS / 1000 + FOLLOW_TIMEOUT_MARGIN, retries=0)
+        client = _client(self.url, socket_timeout=FOLLOW_TIMEOUT, retries=0)
         # XREAD goes over a connection of its own, its reply taken as Redis sent it: no pool
         # checkout (and socket poll) per read, and no dict built of every entry's fields,
-        # when most entries are skipped unread (_follow_batch).
+        # when most entries are skipped unread (_follow_batch). Wakes come over another, in
+        # pub/sub mode: RESP2 (its messages plain replies, not RESP3 pushes redis-py's reader
+        # hands elsewhere), no health-check PING (whose reply there is not PONG).
         reader = _own_connection(client)
+        wakes = Wakes(self.prefix, self._keys, self._nudge,
+                      lambda: _own_connection(client, health_check_interval=0, protocol=2))
+        self._wakes = wakes
         backoff = 0.1
         next_trim = 0.0
         lost_at: float | None = None  # when following broke off (time.monotonic()), until it resumes
-        while self._generation == generation:
-            try:
-                if self._last is None:
-                    self._last = self._tail(client)
-                if lost_at is not None:
-                    self._check_gap(client, lost_at)
-                    lost_at = None
-                if time.monotonic() >= next_trim:
-                    client.xtrim(self.stream, minid=f"{max(now_ms() - self.ttl_ms, 0)}-0", approximate=True)
-                    next_trim = time.monotonic() + TRIM_EVERY
-                reader.send_command("XREAD", "COUNT", BATCH, "BLOCK", BLOCK_MS, "STREAMS", self.stream, self._last,
-                                    check_health=False)
-                response = reader.read_response()
-                if not self.connected:
-                    self.connected = True
-                    log.info("redis follower connected; following %s after %s", self.stream, self._last)
-                backoff = 0.1
-                # [[stream, entries]], or {stream: entries} as redis-py gives it in RESP3
-                read = 0
-                for _stream, entries in (response.items() if isinstance(response, dict) else response or ()):
-                    self._follow_batch(entries, generation)
-                    read += len(entries)
-                if 0 < read < BATCH:
-                    # Let the next entries gather: a wake per entry is most of what following
-                    # costs (every worker follows every notification), a few ms of it is not.
-                    self.runtime.sleep(GATHER)
-            except redis.RedisError as exc:
-                if self.connected:
-                    self.reconnects += 1
-                self.connected = False
-                if lost_at is None:
-                    # A connection that attaches after this read history once Redis was back
-                    # (before that its read fails): a gap found later is not its own.
-                    lost_at = time.monotonic()
-                log.warning("redis follower lost connection (%s); retrying in %.1fs", exc, backoff)
-                client.connection_pool.disconnect()
-                reader.disconnect()
-                self.runtime.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-            except Exception:
-                log.exception("redis follower failed; retrying in %.1fs", backoff)
-                self.runtime.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+        try:
+            while self._generation == generation:
+                try:
+                    if self._last is None:
+                        self._last = self._tail(client)
+                    if lost_at is not None:
+                        self._check_gap(client, lost_at)
+                        lost_at = None
+                    if time.monotonic() >= next_trim:
+                        client.xtrim(self.stream, minid=f"{max(now_ms() - self.ttl_ms, 0)}-0", approximate=True)
+                        next_trim = time.monotonic() + TRIM_EVERY
+                    # Subscribed (and confirmed) before the read: an entry this read misses
+                    # wakes us, also one for a key whose first subscriber just attached.
+                    wakes.sync()
+                    read = self._read(reader, generation)
+                    if not self.connected:
+                        self.connected = True
+                        log.info("redis follower connected; following %s after %s", self.stream, self._last)
+                    backoff = 0.1
+                    if read >= BATCH:
+                        continue  # more is waiting
+                    if read:
+                        # Let the next entries gather: a wake per entry is most of what
+                        # following costs, a few ms of it is not.
+                        self.runtime.sleep(GATHER)
+                    wakes.wait(WAKE_EVERY)
+                except redis.RedisError as exc:
+                    if self.connected:
+                        self.reconnects += 1
+                    self.connected = False
+                    if lost_at is None:
+                        # A connection that attaches after this read history once Redis was back
+                        # (before that its read fails): a gap found later is not its own.
+                        lost_at = time.monotonic()
+                    log.warning("redis follower lost connection (%s); retrying in %.1fs", exc, backoff)
+                    client.connection_pool.disconnect()
+                    reader.disconnect()
+                    wakes.close()  # resubscribed, then read, once back
+                    self.runtime.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                except Exception:
+                    log.exception("redis follower failed; retrying in %.1fs", backoff)
+                    wakes.close()
+                    self.runtime.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+        finally:  # stopped (a greenlet is killed here): its connections go with it
+            wakes.close()
+            reader.disconnect()
+
+    def _read(self, reader: Any, generation: int) -> int:
+        """One page of the stream after the last id, delivered; how many entries it held."""
+        reader.send_command("XREAD", "COUNT", BATCH, "STREAMS", self.stream, self._last, check_health=False)
+        response = reader.read_response()
+        read = 0
+        # [[stream, entries]], or {stream: entries} as redis-py gives it in RESP3
+        for _stream, entries in (response.items() if isinstance(response, dict) else response or ()):
+            self._follow_batch(entries, generation)
+            read += len(entries)
+        return read
 
     def _follow_batch(self, entries: list[Any], generation: int) -> None:
         """Deliver what this worker's connections want of one XREAD's entries; skip the rest

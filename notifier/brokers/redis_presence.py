@@ -11,8 +11,8 @@ nothing a crash can leave wrong (Centrifugo keeps presence the same way).
 
 Join and leave are decided in the same script that changes the sets, so across workers a
 user's first connection to a topic joins once and the last one leaves once; the event
-goes into the stream (XADD) in that script, in order with everything else, and every
-worker's follower delivers it. History skips them (``EPHEMERAL``).
+goes into the stream (XADD) in that script, in order with everything else, with its wake
+(redis_wake), and every worker's follower delivers it. History skips them (``EPHEMERAL``).
 """
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ local function event(kind, topic, user)
   local n = cjson.encode({type = kind, title = '', message = '', ts = ts, topic = topic, data = {user_id = user}})
   n = n:gsub('\\226\\128\\168', '\\\\u2028'):gsub('\\226\\128\\169', '\\\\u2029'):gsub('\\194\\133', '\\\\u0085')
   redis.call('XADD', stream, 'MAXLEN', '~', size, '*', 't', topic, 'y', kind, 'n', n)
+  redis.call('PUBLISH', p .. ':wake:' .. topic, '')  -- the followers whose hub wants it read it now
 end
 local function leave_if_last(topic, user, tuk, ev)
   redis.call('ZREMRANGEBYSCORE', tuk, '-inf', now)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-# Adds ARGV[6..] (triples: hub key, type, fields JSON) to the stream, all in one go (a
+# Adds ARGV[7..] (triples: hub key, type, fields JSON) to the stream, all in one go (a
 # script runs whole), and answers {STORED, "id1,id2,..."}, {REPLAYED, ids}, {CONFLICT}
 # or {OVER_RATE}. KEYS[4], if not "", is the publisher's Idempotency-Key: seen before
 # with the same fingerprint (ARGV[4]) it answers the first ids and adds nothing; with
@@ -14,8 +14,10 @@ import hashlib
 # notifications this second: once it had reached ARGV[3] before these, nothing is added.
 # A replay writes too (the token): a WAIT after it then covers what it answers, even on a
 # connection that wrote nothing before (after a reconnect, or a failover).
+# Each hub key it adds entries for gets one wake, an empty PUBLISH on ARGV[6] .. key, for
+# the followers of the workers that have subscribers for that key (redis_wake).
 PUBLISH_ONCE = """
-local n = (#ARGV - 5) / 3
+local n = (#ARGV - 6) / 3
 if KEYS[4] ~= '' then
   local seen = redis.call('HMGET', KEYS[4], 'ids', 'f')
   if seen[1] then
@@ -36,10 +38,14 @@ if KEYS[3] ~= '' then
   if count == n then redis.call('EXPIRE', KEYS[3], 2) end
   if count - n >= tonumber(ARGV[3]) then return {3} end
 end
-local out = {}
+local out, woken = {}, {}
 for i = 0, n - 1 do
-  local b = 6 + i * 3
+  local b = 7 + i * 3
   out[i + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 't', ARGV[b], 'y', ARGV[b + 1], 'n', ARGV[b + 2])
+  if not woken[ARGV[b]] then
+    woken[ARGV[b]] = true
+    redis.call('PUBLISH', ARGV[6] .. ARGV[b], '')
+  end
 end
 ids = table.concat(out, ',')
 redis.call('SET', KEYS[2], ids, 'EX', ARGV[2])

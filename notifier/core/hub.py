@@ -55,6 +55,8 @@ class Hub:
         self.delivered = 0
         self.dropped_slow = 0
         self.presence: "Presence | None" = None  # told who attaches and leaves (core.presence)
+        self.on_keys: Callable[[], None] | None = None  # told a key got its first subscriber or lost its last
+        self._key_changes: set[str] = set()  # such keys, until key_changes() takes them
 
     def __len__(self) -> int:
         return len(self._subscribers)
@@ -70,18 +72,38 @@ class Hub:
         A hub that is shutting down closes it at once (1001) instead.
         """
         sub = Subscriber(connection, transport, user_id, topics, grant)
+        changed = False
         with self._lock:
             attached = not self.closing
             if attached:
                 self._subscribers.add(sub)
                 for key in sub.keys:
-                    self._index.setdefault(key, set()).add(sub)
+                    changed = self._add(key, sub) or changed
+        if changed:
+            self._keys_changed()
         presence = self.presence
         if not attached:
             connection.close(GOING_AWAY, "server shutting down")
         elif presence is not None and presence.counts(sub):
             presence.attached(sub)
         return sub
+
+    def keys(self) -> list[str]:
+        """Every key some subscriber here listens to now."""
+        with self._lock:
+            return list(self._index)
+
+    def key_changes(self) -> set[str]:
+        """Takes the keys that got their first subscriber or lost their last since the
+        last call (each may have changed back since: ask ``wants``)."""
+        with self._lock:
+            changes, self._key_changes = self._key_changes, set()
+        return changes
+
+    def _keys_changed(self) -> None:
+        on_keys = self.on_keys
+        if on_keys is not None:
+            on_keys()
 
     def wants(self, key: str) -> bool:
         """Whether any subscriber here listens to ``key`` (a lock-free read: a subscriber
@@ -108,7 +130,9 @@ class Hub:
             added = sub in self._subscribers and topic not in sub.keys
             if added:
                 sub.keys.add(topic)
-                self._index.setdefault(topic, set()).add(sub)
+                changed = self._add(topic, sub)
+        if added and changed:
+            self._keys_changed()
         if added and self.presence is not None:
             self.presence.topic_added(sub, topic)
 
@@ -116,7 +140,9 @@ class Hub:
         with self._lock:
             removed = topic in sub.keys and sub in self._subscribers
             sub.keys.discard(topic)
-            self._discard(topic, sub)
+            changed = self._discard(topic, sub)
+        if changed:
+            self._keys_changed()
         if removed and self.presence is not None:
             self.presence.topic_removed(sub, topic)
 
@@ -126,18 +152,38 @@ class Hub:
             if sub not in self._subscribers:
                 return
             self._subscribers.discard(sub)
+            changed = False
             for key in sub.keys:
-                self._discard(key, sub)
+                changed = self._discard(key, sub) or changed
+        if changed:
+            self._keys_changed()
         presence = self.presence
         if presence is not None and presence.counts(sub):
             presence.detached(sub)
 
-    def _discard(self, key: str, sub: Subscriber) -> None:
+    def _add(self, key: str, sub: Subscriber) -> bool:
+        """Index ``sub`` under ``key`` (lock held); True if it is the key's first subscriber."""
         members = self._index.get(key)
         if members is not None:
-            members.discard(sub)
-            if not members:
-                del self._index[key]
+            members.add(sub)
+            return False
+        self._index[key] = {sub}
+        if self.on_keys is not None:  # else nobody takes them
+            self._key_changes.add(key)
+        return True
+
+    def _discard(self, key: str, sub: Subscriber) -> bool:
+        """Unindex ``sub`` from ``key`` (lock held); True if the key lost its last subscriber."""
+        members = self._index.get(key)
+        if members is None:
+            return False
+        members.discard(sub)
+        if members:
+            return False
+        del self._index[key]
+        if self.on_keys is not None:  # else nobody takes them
+            self._key_changes.add(key)
+        return True
 
     def dispatch(self, notification: Notification) -> None:
         """Add a notification to the next flush; never blocks, never writes."""
