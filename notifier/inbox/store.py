@@ -75,14 +75,20 @@ class Page:
     more: bool
 
 
+def sqlalchemy_url(url: str) -> str:
+    """A database URL as Heroku writes it (``postgres://``) or plain ``postgresql://``, for
+    SQLAlchemy with psycopg 3 (the driver notifier installs); others as they are. A host
+    app can give its Flask-SQLAlchemy ``DATABASE_URL`` the same way."""
+    for scheme in ("postgres://", "postgresql://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme):]
+    return url
+
+
 def engine_for(url: str) -> Engine:
-    """An engine for NOTIFIER_INBOX_URL. ``postgres://`` (as Heroku writes it) and
-    ``postgresql://`` mean psycopg 3; a SQLite file waits for its lock instead of failing,
-    and writes through a WAL so readers are not blocked."""
-    if url.startswith("postgres://"):
-        url = "postgresql+psycopg://" + url[len("postgres://"):]
-    elif url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    """An engine for NOTIFIER_INBOX_URL (see ``sqlalchemy_url``); a SQLite file waits for its
+    lock instead of failing, and writes through a WAL so readers are not blocked."""
+    url = sqlalchemy_url(url)
     try:
         if url.startswith("sqlite"):
             engine = create_engine(url, connect_args={"timeout": 10, "check_same_thread": False})

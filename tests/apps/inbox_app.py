@@ -15,6 +15,7 @@ from sqlalchemy import String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from notifier import Notifier
+from notifier.inbox.store import sqlalchemy_url
 
 
 class Base(DeclarativeBase):
@@ -38,11 +39,7 @@ class PaymentDeclined(Exception):
 
 def database_url() -> str:
     """DATABASE_URL as Heroku gives it (``postgres://``), for SQLAlchemy with psycopg 3."""
-    url = os.environ.get("DATABASE_URL", "sqlite:///inbox_app.db")  # relative: in the instance folder
-    for scheme in ("postgres://", "postgresql://"):
-        if url.startswith(scheme):
-            return "postgresql+psycopg://" + url[len(scheme):]
-    return url
+    return sqlalchemy_url(os.environ.get("DATABASE_URL", "sqlite:///inbox_app.db"))  # relative: in the instance folder
 
 
 def create_app(test_config: dict | None = None) -> Flask:
