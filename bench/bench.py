@@ -16,6 +16,7 @@ Writes bench/results/<name>.json and <name>.md and prints the table.
 from __future__ import annotations
 
 import argparse
+import random
 import asyncio
 import gc
 import hashlib
@@ -178,6 +179,16 @@ def stop_process(proc: subprocess.Popen, timeout: float) -> None:
         proc.wait(5)
     except subprocess.TimeoutExpired:
         pass
+
+
+def run_defaults(cfg: argparse.Namespace, scenario: str) -> argparse.Namespace:
+    """A run's ``name`` (``<scenario>-<date-time>``) and random ``seed``, where not given:
+    the seed is kept in the results, so a run can be repeated."""
+    if cfg.name is None:
+        cfg.name = f"{scenario}-" + datetime.now().strftime("%Y-%m-%d-%H%M")
+    if cfg.seed is None:
+        cfg.seed = random.randrange(1 << 31)
+    return cfg
 
 
 def stop_started() -> None:

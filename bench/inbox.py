@@ -73,11 +73,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"--stores: {', '.join(STORES)}")
     if cfg.users < 1 or cfg.per_user < 2 * cfg.limit + 1 or not cfg.clients or min(cfg.clients) < 1:
         p.error("--users ≥ 1, --per-user > 2 × --limit (two full pages and more), --clients ≥ 1")
-    if cfg.name is None:
-        cfg.name = "inbox-" + datetime.now().strftime("%Y-%m-%d-%H%M")
-    if cfg.seed is None:
-        cfg.seed = random.randrange(1 << 31)
-    return cfg
+    return b.run_defaults(cfg, "inbox")
 
 
 class Reader:

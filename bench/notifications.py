@@ -99,11 +99,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--rate and --duration must be positive")
     if cfg.find_max and (not cfg.steps or any(r <= 0 for r in cfg.steps)):
         p.error("--steps: positive rates")
-    if cfg.name is None:
-        cfg.name = "notifications-" + datetime.now().strftime("%Y-%m-%d-%H%M")
-    if cfg.seed is None:
-        cfg.seed = random.randrange(1 << 31)
-    return cfg
+    return b.run_defaults(cfg, "notifications")
 
 
 log = b.log
